@@ -1,0 +1,306 @@
+"""The POSIX file-descriptor layer under the token pool.
+
+Everything here is a thin, checked wrapper over one or two system calls, kept
+apart from the pool logic so that the platform rules live in one place:
+
+* An inherited pipe's open file description is shared with make and every
+  sibling. Its file-status flags (``O_NONBLOCK``) must never be changed, so on
+  Linux we reopen ``/proc/self/fd/N``, which yields a *private* description we
+  may make non-blocking. Elsewhere we ``dup`` and cope with either mode.
+* A fifo is never opened with a blocking ``O_RDONLY``: a stale fifo (nobody
+  holds it open) would hang that call forever. We open the write end first,
+  non-blocking, which fails with ``ENXIO`` exactly when the fifo is stale.
+* Every descriptor we open is close-on-exec; children get pool fds only when
+  they are handed over explicitly (``pass_fds``).
+* ``os.read``/``os.write``/``poll`` already retry ``EINTR`` (PEP 475);
+  ``EAGAIN`` after a readable poll means another client took the token first.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import select
+import stat
+import sys
+import termios
+
+from .errors import PoolBroken
+
+__all__ = [
+    "PIPE_CAPACITY_MAX",
+    "Unusable",
+    "available_tokens",
+    "close_quietly",
+    "describe_mode",
+    "drain",
+    "dup_cloexec",
+    "fill",
+    "open_fifo_ends",
+    "open_new_fifo_ends",
+    "open_pipe_ends",
+    "read_token",
+    "wait_readable",
+    "write_token",
+]
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+_LINUX = sys.platform.startswith("linux")
+# Linux refuses larger pipes to unprivileged users by default (fs.pipe-max-size).
+PIPE_CAPACITY_MAX = 1 << 20
+# poll() takes an int of milliseconds; beyond this it overflows.
+_MAX_POLL_MS = 2**31 - 1
+
+
+class Unusable(Exception):
+    """An fd or path cannot serve as a jobserver; ``str()`` says why."""
+
+
+def describe_mode(mode: int) -> str:
+    """Name the kind of file *mode* describes, for error messages."""
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device (a terminal or /dev/null, say)"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return "an unknown kind of file"
+
+
+def _check_fd(fd: int, want_read: bool) -> os.stat_result:
+    """Check that inherited *fd* is an open pipe end with the right access."""
+    end = "read" if want_read else "write"
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+        st = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError as e:
+        if e.errno == errno.EBADF:
+            raise Unusable(f"the {end} fd {fd} is not open in this process") from None
+        raise Unusable(f"cannot inspect the {end} fd {fd}: {e.strerror}") from None
+    if not stat.S_ISFIFO(st.st_mode):
+        raise Unusable(
+            f"the {end} fd {fd} is {describe_mode(st.st_mode)}, not a pipe;"
+            " it must never be read as a jobserver"
+        )
+    mode = flags & os.O_ACCMODE
+    allowed = (os.O_RDONLY, os.O_RDWR) if want_read else (os.O_WRONLY, os.O_RDWR)
+    if mode not in allowed:
+        other = "write-only" if want_read else "read-only"
+        raise Unusable(f"the {end} fd {fd} is open {other}: the two fds look swapped or reused")
+    return st
+
+
+def _reopen(fd: int, flags: int) -> int | None:
+    """Open a private description of *fd* (Linux ``/proc``); None if impossible."""
+    if not _LINUX:
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", flags | _CLOEXEC)
+    except OSError:
+        return None
+
+
+def open_pipe_ends(read_fd: int, write_fd: int) -> tuple[int, int, bool]:
+    """Validate an inherited pipe pool and open our own ends of it.
+
+    Returns ``(reader, writer, private)``. When *private* is true both are new
+    open file descriptions (Linux), the reader non-blocking, and the inherited
+    descriptions are untouched. Otherwise they are close-on-exec ``dup``s that
+    share make's description, whose blocking mode we leave as we found it.
+
+    Raises:
+        Unusable: an fd is closed, not a pipe, has the wrong access mode, or the
+            two fds are ends of different pipes.
+    """
+    rst = _check_fd(read_fd, want_read=True)
+    wst = _check_fd(write_fd, want_read=False)
+    # Both ends of one pipe share an inode on Linux; numbers reused by a shell
+    # pipeline (make 4.3 leaves stale numbers in MAKEFLAGS) usually do not.
+    if _LINUX and (rst.st_dev, rst.st_ino) != (wst.st_dev, wst.st_ino):
+        raise Unusable(f"fds {read_fd} and {write_fd} are ends of two different pipes")
+    reader = _reopen(read_fd, os.O_RDONLY | os.O_NONBLOCK)
+    if reader is not None:
+        writer = _reopen(write_fd, os.O_WRONLY | os.O_NONBLOCK)
+        if writer is not None:
+            return reader, writer, True
+        os.close(reader)
+    return dup_cloexec(read_fd), dup_cloexec(write_fd), False
+
+
+def open_fifo_ends(path: str) -> tuple[int, int]:
+    """Open our own non-blocking read and write ends of the fifo at *path*.
+
+    The write end is opened first: with ``O_NONBLOCK`` that fails with ``ENXIO``
+    when no process has the fifo open for reading, i.e. the make that created
+    it is gone. A blocking ``O_RDONLY`` open would hang forever instead.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise Unusable(
+            f"the fifo {path!r} does not exist: the make that created it has"
+            " probably exited, or this process runs in a sandbox with a private"
+            " /tmp (set MAKE_TMPDIR or TMPDIR to a shared directory)"
+        ) from None
+    except OSError as e:
+        raise Unusable(f"cannot inspect the fifo {path!r}: {e.strerror}") from None
+    # Emulated fifos (CUSE) are character devices; ninja and LLVM accept them too.
+    if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        raise Unusable(f"{path!r} is {describe_mode(st.st_mode)}, not a fifo")
+    try:
+        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | _CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise Unusable(
+                f"the fifo {path!r} is stale: no process has it open, so the make"
+                " that created it has exited (or was killed and left it behind)"
+            ) from None
+        raise Unusable(f"cannot open the fifo {path!r} for writing: {e.strerror}") from None
+    try:
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+    except OSError as e:
+        os.close(writer)
+        raise Unusable(f"cannot open the fifo {path!r} for reading: {e.strerror}") from None
+    return reader, writer
+
+
+def open_new_fifo_ends(path: str) -> tuple[int, int]:
+    """Our ends of a fifo we just made: the reader first, so the writer's open succeeds."""
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+    try:
+        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | _CLOEXEC)
+    except BaseException:
+        os.close(reader)
+        raise
+    return reader, writer
+
+
+def wait_readable(fd: int, timeout: float | None) -> bool:
+    """Wait until *fd* is readable (or hung up); False if *timeout* passed first."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if timeout is None:
+        ms = -1
+    else:
+        ms = min(_MAX_POLL_MS, max(0, int(timeout * 1000 + 0.999)))
+    return bool(poller.poll(ms))
+
+
+def read_token(fd: int) -> bytes | None:
+    """Read one token byte, or None when another client got there first.
+
+    Raises:
+        PoolBroken: end-of-file, which is never a token.
+        BlockingIOError: never; EAGAIN is reported as None.
+    """
+    try:
+        byte = os.read(fd, 1)
+    except BlockingIOError:
+        return None
+    if not byte:
+        raise PoolBroken(
+            f"reading the jobserver (fd {fd}) returned end-of-file: no process"
+            " holds its write end any more, so the pool is gone"
+        )
+    return byte
+
+
+def write_token(fd: int, byte: bytes) -> None:
+    """Write one token byte back.
+
+    Raises:
+        PoolBroken: the pool is full (someone wrote back more tokens than it
+            holds) or nobody reads it any more (its make exited).
+    """
+    try:
+        os.write(fd, byte)
+    except BlockingIOError:
+        raise PoolBroken(
+            f"the jobserver (fd {fd}) is full: more tokens were written back than"
+            " it was created with, so one token is being dropped"
+        ) from None
+    except BrokenPipeError:
+        raise PoolBroken(
+            f"the jobserver (fd {fd}) has no reader left: the make that owned it"
+            " exited, so the token cannot be returned"
+        ) from None
+
+
+def fill(fd: int, count: int, byte: bytes) -> None:
+    """Write *count* token bytes into the non-blocking write end *fd*.
+
+    Grows the pipe first if it would not hold them (Linux ``F_SETPIPE_SZ``),
+    and raises ValueError instead of blocking when it still cannot.
+    """
+    if count <= 0:
+        return
+    try:
+        capacity = fcntl.fcntl(fd, _F_GETPIPE_SZ)
+    except OSError:
+        capacity = None
+    if capacity is not None and count > capacity:
+        try:
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, count)
+        except OSError:
+            pass
+    data = byte * count
+    written = 0
+    try:
+        while written < count:
+            written += os.write(fd, data[written:])
+    except BlockingIOError:
+        raise ValueError(
+            f"a pool of {count + 1} slots needs room for {count} tokens, but the"
+            f" pipe here holds only {written} bytes (see /proc/sys/fs/pipe-max-size);"
+            " use fewer slots"
+        ) from None
+
+
+def drain(fd: int) -> int:
+    """Read every token currently in the non-blocking *fd*; return the count."""
+    total = 0
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return total
+        if not chunk:
+            return total
+        total += len(chunk)
+
+
+def available_tokens(fd: int) -> int | None:
+    """The number of tokens waiting in the pool right now, if the OS says."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    except OSError:
+        return None
+    return buf[0]
+
+
+def dup_cloexec(fd: int) -> int:
+    """A close-on-exec duplicate of *fd* (same open file description)."""
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
+
+
+def close_quietly(*fds: int) -> None:
+    """Close each fd, ignoring ones already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

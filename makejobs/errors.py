@@ -1,0 +1,119 @@
+"""Exceptions and warnings shared by every layer of makejobs.
+
+They live in one dependency-free module so that the lowest layer (the token
+pool) can raise them and the highest (the command line) can catch them without
+importing anything in between.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Blocked",
+    "CallbackRaised",
+    "JobserverUnavailable",
+    "PoolBroken",
+    "RemoteTraceback",
+    "SubmissionDied",
+    "TokenCountWarning",
+]
+
+
+class JobserverUnavailable(RuntimeError, Warning):
+    """A jobserver pool is advertised but cannot be used.
+
+    Raised by :meth:`makejobs.TokenPool.from_environ` when ``MAKEFLAGS`` (or
+    ``CARGO_MAKEFLAGS``/``MFLAGS``) names a pool that is closed, stale, of the
+    wrong kind, or explicitly disabled by make (``--jobserver-auth=-2,-2``).
+    It is also a :class:`Warning` category: :class:`makejobs.Jobserver` emits it
+    with :func:`warnings.warn` and then runs one job at a time, as make does.
+
+    Attributes:
+        variable: the environment variable that advertised the pool, if known.
+        reason: the sentence explaining what is wrong and what to do about it.
+    """
+
+    def __init__(self, reason: str, *, variable: str | None = None) -> None:
+        self.reason = reason
+        self.variable = variable
+        message = f"{variable}: {reason}" if variable else reason
+        super().__init__(message)
+
+
+class PoolBroken(JobserverUnavailable):
+    """The pool stopped behaving like a jobserver while in use.
+
+    For example a read returned end-of-file (no writer is left, or the fd is
+    not a pipe after all), or a write found the pipe full (more tokens than the
+    pool was created with). Never a token, never a silent hang.
+    """
+
+
+class Blocked(TimeoutError):
+    """No slot could be had before the deadline.
+
+    Raised by :meth:`makejobs.TokenPool.acquire` when its timeout passes, and
+    by :class:`makejobs.Jobserver` when a submission, result or admission
+    criterion does not complete in time. A subclass of :class:`TimeoutError`,
+    so ``except TimeoutError`` also catches it.
+    """
+
+
+class TokenCountWarning(RuntimeWarning):
+    """A pool this process created did not get back exactly its tokens.
+
+    Emitted when the pool is closed: fewer tokens mean some client died or
+    leaked them; more mean some client wrote back tokens it never read. make
+    reports the same condition as ``INTERNAL: Exiting with N jobserver tokens
+    available; should be M!``.
+    """
+
+
+class SubmissionDied(Exception):
+    """A job's process ended without delivering a result.
+
+    It was killed by a signal, called ``os._exit``, crashed, or let
+    ``SystemExit``/``KeyboardInterrupt`` escape. Only the future of that job
+    fails; the message names the exit code or the signal.
+
+    Attributes:
+        pid: the job's process id.
+        exitcode: its exit status as :attr:`multiprocessing.Process.exitcode`
+            reports it (negative for a signal), or None if unknown.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+
+class CallbackRaised(Exception):
+    """A ``when_done`` callback raised; the original exception is ``__cause__``.
+
+    Surfaced from the next call to ``done``/``wait``/``result``/``when_done`` of
+    any future, or ``submit``/``map``/``reclaim_resources`` of the Jobserver, one
+    per call. Callbacks registered after the raising one still run, on later
+    calls: keep calling until no ``CallbackRaised`` comes if all must run.
+
+    Attributes:
+        callback: the callable that raised.
+    """
+
+    def __init__(self, message: str, *, callback: object = None) -> None:
+        super().__init__(message)
+        self.callback = callback
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a job's process.
+
+    Attached as ``__cause__`` of the re-raised exception, so the parent's
+    traceback shows where in the child it came from.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -1,0 +1,629 @@
+"""The token pool: join a make/ninja/cargo jobserver, or create one.
+
+A :class:`TokenPool` is this process's handle on a GNU make jobserver. Every
+process that make (or we) starts owns one *implicit* slot; further parallelism
+costs one token each, a byte read from a shared pipe or fifo and written back
+when the work is done. The pool hands out the implicit slot first and never
+writes it back; every other token is returned as exactly the byte that was
+read.
+
+Joining::
+
+    pool = TokenPool.from_environ()          # None when nothing advertises a pool
+    with pool.slot() as token:
+        ...                                  # one unit of parallel work
+
+Creating, and exporting to children::
+
+    with TokenPool.create(4) as pool:        # 3 tokens + our implicit slot
+        subprocess.run(["make"], env=pool.environ(), pass_fds=pool.pass_fds)
+
+Thread safety: every method may be called from any thread. Fork safety: a
+forked child gets its own implicit slot (the token its parent ran it on), no
+held tokens and no ownership. Pickling (spawn/forkserver children, or queues)
+passes pipe fds along and reopens fifos by path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping
+from time import monotonic
+from typing import Any, Literal
+
+from . import _posix
+from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
+from .protocol import (
+    FifoAuth,
+    MakeFlags,
+    PipeAuth,
+    format_makeflags,
+    parse_makeflags,
+    replace_auth,
+)
+
+__all__ = ["ENVIRON_VARIABLES", "Style", "Token", "TokenPool"]
+
+Style = Literal["pipe", "fifo"]
+
+#: Where a pool is looked for, in order (as jobserver-rs does, but falling
+#: through a variable that advertises no pool).
+ENVIRON_VARIABLES = ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS")
+
+#: The byte a pool we create is filled with; make writes '+' too.
+TOKEN_BYTE = b"+"
+
+_NO_PLUS_HINT = (
+    "the parent make rule probably lacks '+' (or does not mention $(MAKE)), so make"
+    " closed the jobserver fds for this command; add '+' to the recipe line"
+)
+
+
+class Token:
+    """One slot of parallelism held by this process.
+
+    ``byte`` is the byte read from the pool, or None for the implicit slot.
+    Give it back with :meth:`TokenPool.release` exactly once.
+    """
+
+    __slots__ = ("__weakref__", "_pool", "_released", "byte")
+
+    def __init__(self, pool: TokenPool, byte: bytes | None) -> None:
+        self._pool = pool
+        self._released = False
+        self.byte = byte
+
+    @property
+    def implicit(self) -> bool:
+        """True for the process's implicit slot, which is never written to the pool."""
+        return self.byte is None
+
+    def __repr__(self) -> str:
+        state = " released" if self._released else ""
+        return f"<Token {'implicit' if self.byte is None else repr(self.byte)}{state}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Token belongs to the process that acquired it and cannot be pickled")
+
+
+_live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class TokenPool:
+    """A handle on a GNU make compatible jobserver pool.
+
+    Build one with :meth:`from_environ` (join) or :meth:`create` (own); the
+    constructor is private.
+
+    Attributes:
+        style: ``"pipe"`` or ``"fifo"``.
+        auth: what children are told (:class:`~makejobs.protocol.PipeAuth` with
+            the fd numbers they inherit, or :class:`~makejobs.protocol.FifoAuth`).
+        slots: total parallelism N when known (always for created pools; from
+            ``-jN`` for joined ones, where it is informative only).
+        owner: True in the process that created the pool.
+        flags: the parsed ``MAKEFLAGS`` a joined pool came from, else None.
+        variable: the environment variable a joined pool came from, else None.
+    """
+
+    style: Style
+    auth: PipeAuth | FifoAuth
+    slots: int | None
+    owner: bool
+    flags: MakeFlags | None
+    variable: str | None
+    _reader: int
+    _writer: int
+    _export_fds: tuple[int, ...]
+    _fifo_dir: str | None
+    _closed: bool
+    _close_result: int | None
+    _implicit: threading.Lock
+    _held: set[Token]
+    _state_lock: threading.Lock
+
+    def __init__(self) -> None:
+        raise TypeError("use TokenPool.from_environ() or TokenPool.create()")
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def _new(
+        cls,
+        *,
+        style: Style,
+        reader: int,
+        writer: int,
+        auth: PipeAuth | FifoAuth,
+        export_fds: tuple[int, ...],
+        slots: int | None,
+        owner: bool,
+        flags: MakeFlags | None = None,
+        variable: str | None = None,
+        fifo_dir: str | None = None,
+    ) -> TokenPool:
+        self = object.__new__(cls)
+        self.style = style
+        self.auth = auth
+        self.slots = slots
+        self.owner = owner
+        self.flags = flags
+        self.variable = variable
+        self._reader = reader
+        self._writer = writer
+        self._export_fds = export_fds
+        self._fifo_dir = fifo_dir
+        self._closed = False
+        self._close_result = None
+        self._implicit = threading.Lock()
+        self._held = set()
+        self._state_lock = threading.Lock()
+        _live_pools.add(self)
+        return self
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> TokenPool | None:
+        """Join the pool advertised by the environment, if any.
+
+        Looks at ``CARGO_MAKEFLAGS``, ``MAKEFLAGS`` and ``MFLAGS`` in that order
+        and uses the first one that mentions a jobserver.
+
+        Returns:
+            The joined pool, or None when no variable advertises one (this
+            process was not started by a parallel make, ninja or cargo).
+
+        Raises:
+            JobserverUnavailable: a pool is advertised but cannot be used: make
+                disabled it (``-2,-2``), its fds are closed or are not pipes, the
+                fifo is missing or stale, or its style is unsupported here. The
+                message says which and what to do.
+        """
+        env = os.environ if environ is None else environ
+        for variable in ENVIRON_VARIABLES:
+            value = env.get(variable)
+            if not value:
+                continue
+            flags = parse_makeflags(value)
+            if flags.advertises_pool():
+                return cls.from_makeflags(flags, variable=variable)
+        return None
+
+    @classmethod
+    def from_makeflags(cls, flags: MakeFlags | str, *, variable: str | None = None) -> TokenPool:
+        """Join the pool described by an already parsed (or raw) MAKEFLAGS value.
+
+        Raises:
+            JobserverUnavailable: as for :meth:`from_environ`; also when *flags*
+                advertises no pool at all.
+        """
+        if isinstance(flags, str):
+            flags = parse_makeflags(flags)
+        if flags.disabled:
+            raise JobserverUnavailable(
+                "make disabled the jobserver for this command (--jobserver-auth=-2,-2): "
+                + _NO_PLUS_HINT,
+                variable=variable,
+            )
+        if flags.unsupported is not None:
+            raise JobserverUnavailable(
+                f"unsupported jobserver style {flags.unsupported!r}: only pipe fds"
+                " ('R,W') and 'fifo:PATH' work on POSIX",
+                variable=variable,
+            )
+        auth = flags.auth
+        if auth is None:
+            raise JobserverUnavailable("no --jobserver-auth option found", variable=variable)
+        if isinstance(auth, PipeAuth):
+            try:
+                reader, writer, _private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
+            except _posix.Unusable as e:
+                raise JobserverUnavailable(
+                    f"cannot use the jobserver pipe {auth.read_fd},{auth.write_fd}: {e}; "
+                    + _NO_PLUS_HINT,
+                    variable=variable,
+                ) from None
+            # Copies of the inherited numbers, close-on-exec, that we hand to
+            # children: they stay valid even if other code closes the originals.
+            export = (_posix.dup_cloexec(auth.read_fd), _posix.dup_cloexec(auth.write_fd))
+            return cls._new(
+                style="pipe",
+                reader=reader,
+                writer=writer,
+                auth=PipeAuth(*export),
+                export_fds=export,
+                slots=flags.jobs,
+                owner=False,
+                flags=flags,
+                variable=variable,
+            )
+        try:
+            reader, writer = _posix.open_fifo_ends(auth.path)
+        except _posix.Unusable as e:
+            raise JobserverUnavailable(
+                f"cannot use the jobserver: {e}", variable=variable
+            ) from None
+        return cls._new(
+            style="fifo",
+            reader=reader,
+            writer=writer,
+            auth=auth,
+            export_fds=(),
+            slots=flags.jobs,
+            owner=False,
+            flags=flags,
+            variable=variable,
+        )
+
+    @classmethod
+    def create(cls, slots: int, *, style: Style = "pipe", dir: str | None = None) -> TokenPool:
+        """Create a Make-compatible pool of total parallelism *slots*.
+
+        Like make, the pool holds ``slots - 1`` tokens; the creator's implicit
+        slot is the last one. ``style="pipe"`` (the default) works with every
+        GNU make and with cargo; ``"fifo"`` is what make 4.4 and upstream ninja
+        prefer, but make 4.3 and older die on it.
+
+        A fifo is made mode 0600 in a private directory (under *dir*, default
+        the temporary directory) and removed by :meth:`close`.
+
+        Raises:
+            TypeError, ValueError: bad *slots* or *style*; ValueError also when
+                the pipe cannot hold that many tokens (never a hang).
+        """
+        if isinstance(slots, bool) or not isinstance(slots, int):
+            raise TypeError(f"slots must be an int, not {type(slots).__name__}")
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, not {slots}")
+        if style == "pipe":
+            return cls._create_pipe(slots)
+        if style == "fifo":
+            return cls._create_fifo(slots, dir)
+        raise ValueError(f"style must be 'pipe' or 'fifo', not {style!r}")
+
+    @classmethod
+    def _create_pipe(cls, slots: int) -> TokenPool:
+        r, w = os.pipe()  # non-inheritable (PEP 446): children get them via pass_fds
+        try:
+            reader, writer, _private = _posix.open_pipe_ends(r, w)
+        except BaseException:
+            _posix.close_quietly(r, w)
+            raise
+        try:
+            # Our writer is a private description on Linux; elsewhere it is the
+            # shared one, and no child exists yet, so non-blocking is harmless.
+            os.set_blocking(writer, False)
+            os.set_blocking(reader, False)
+            _posix.fill(writer, slots - 1, TOKEN_BYTE)
+        except BaseException:
+            _posix.close_quietly(r, w, reader, writer)
+            raise
+        return cls._new(
+            style="pipe",
+            reader=reader,
+            writer=writer,
+            auth=PipeAuth(r, w),
+            export_fds=(r, w),
+            slots=slots,
+            owner=True,
+        )
+
+    @classmethod
+    def _create_fifo(cls, slots: int, dir: str | None) -> TokenPool:
+        fifo_dir = tempfile.mkdtemp(prefix="makejobs-", dir=dir or _fifo_parent())
+        path = os.path.join(fifo_dir, "fifo")
+        try:
+            os.mkfifo(path, 0o600)
+            reader, writer = _posix.open_new_fifo_ends(path)
+        except BaseException:
+            shutil.rmtree(fifo_dir, ignore_errors=True)
+            raise
+        try:
+            _posix.fill(writer, slots - 1, TOKEN_BYTE)
+        except BaseException:
+            _posix.close_quietly(reader, writer)
+            shutil.rmtree(fifo_dir, ignore_errors=True)
+            raise
+        return cls._new(
+            style="fifo",
+            reader=reader,
+            writer=writer,
+            auth=FifoAuth(path),
+            export_fds=(),
+            slots=slots,
+            owner=True,
+            fifo_dir=fifo_dir,
+        )
+
+    # -- tokens -------------------------------------------------------------------
+
+    def try_acquire(self) -> Token | None:
+        """Take a slot without waiting: the implicit one if free, else a token.
+
+        Returns:
+            A :class:`Token`, or None when none is free right now.
+
+        Raises:
+            PoolBroken: the pool returned end-of-file.
+            ValueError: the pool is closed.
+        """
+        if self._closed:
+            raise ValueError("the token pool is closed")
+        if self._implicit.acquire(blocking=False):
+            return Token(self, None)
+        byte = _posix.read_token(self._reader)
+        if byte is None:
+            return None
+        token = Token(self, byte)
+        self._held.add(token)
+        return token
+
+    def acquire(self, timeout: float | None = None) -> Token:
+        """Take a slot, waiting up to *timeout* seconds (None: forever; 0: not at all).
+
+        Raises:
+            Blocked: no slot became free before the timeout.
+            PoolBroken: the pool returned end-of-file.
+            ValueError: the pool is closed.
+        """
+        token = self.try_acquire()
+        if token is not None:
+            return token
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Blocked(f"no jobserver token became free within {timeout} s")
+            _posix.wait_readable(self._reader, remaining)
+            # Readable may still mean nothing for us: another client can take
+            # the token between poll and read (EAGAIN), which try_acquire
+            # reports as None.
+            token = self.try_acquire()
+            if token is not None:
+                return token
+
+    def release(self, token: Token) -> None:
+        """Give *token* back: the implicit slot becomes free, any other byte is written back.
+
+        Raises:
+            ValueError: the token belongs to another pool or was already released.
+            PoolBroken: the pool is full or has no reader left (the token is then dropped).
+        """
+        if token._pool is not self:
+            raise ValueError(f"{token!r} does not belong to this pool")
+        if token._released:
+            raise ValueError(f"{token!r} was already released")
+        token._released = True
+        if token.byte is None:
+            self._implicit.release()
+            return
+        self._held.discard(token)
+        if self._closed:
+            raise ValueError("the token pool is closed; the token could not be returned")
+        _posix.write_token(self._writer, token.byte)
+
+    @contextlib.contextmanager
+    def slot(self, timeout: float | None = None) -> Iterator[Token]:
+        """Hold one slot for the duration of a ``with`` block."""
+        token = self.acquire(timeout)
+        try:
+            yield token
+        finally:
+            self.release(token)
+
+    def fileno(self) -> int:
+        """The fd that polls readable when a token may be available."""
+        return self._reader
+
+    def available(self) -> int | None:
+        """Tokens waiting in the pool right now (racy; for display), if the OS says."""
+        return _posix.available_tokens(self._reader)
+
+    @property
+    def implicit_free(self) -> bool:
+        """True while this process's implicit slot is not handed out."""
+        return not self._implicit.locked()
+
+    @property
+    def held(self) -> int:
+        """Tokens (other than the implicit slot) this process holds now."""
+        return len(self._held)
+
+    # -- children -------------------------------------------------------------------
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """The fds a child must inherit to join (pipe style); empty for a fifo."""
+        return self._export_fds
+
+    def makeflags(self) -> str:
+        """A fresh ``MAKEFLAGS`` value advertising this pool."""
+        return format_makeflags(MakeFlags(auth=self.auth, jobs=self.slots))
+
+    def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment for a child that should join this pool.
+
+        A copy of *base* (default ``os.environ``) whose ``MAKEFLAGS`` and
+        ``MFLAGS`` advertise this pool (other flags and command-line variable
+        overrides are kept) and whose ``CARGO_MAKEFLAGS`` does too. In pipe
+        style, also hand :attr:`pass_fds` to the child (``subprocess`` closes
+        every other fd).
+        """
+        env = dict(os.environ if base is None else base)
+        for variable in ("MAKEFLAGS", "MFLAGS"):
+            value = env.get(variable)
+            if value:
+                env[variable] = replace_auth(value, self.auth, jobs=self.slots)
+        if not env.get("MAKEFLAGS"):
+            env["MAKEFLAGS"] = self.makeflags()
+        env["CARGO_MAKEFLAGS"] = self.makeflags()
+        return env
+
+    # -- lifetime -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> int | None:
+        """Release this process's hold on the pool. Idempotent.
+
+        Tokens this process still holds are written back first (with a
+        :class:`ResourceWarning`). A pool this process created is then drained
+        without blocking and the tokens counted: a :class:`TokenCountWarning`
+        reports missing or extra ones, and a fifo is removed.
+
+        Returns:
+            For a created pool, the number of tokens found (``slots - 1`` when
+            every client returned its tokens); None for a joined pool.
+        """
+        with self._state_lock:
+            if self._closed:
+                return self._close_result
+            held = list(self._held)
+            if held:
+                warnings.warn(
+                    f"closing a token pool while holding {len(held)} token(s); returning them",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+                for token in held:
+                    with contextlib.suppress(PoolBroken):
+                        self.release(token)
+            self._closed = True
+            result = None
+            if self.owner and self.slots is not None:
+                result = _posix.drain(self._reader)
+                expected = self.slots - 1
+                if result != expected:
+                    what = "missing" if result < expected else "extra"
+                    warnings.warn(
+                        f"token pool closed with {result} token(s) available, expected"
+                        f" {expected}: {abs(expected - result)} {what}",
+                        TokenCountWarning,
+                        stacklevel=2,
+                    )
+            _posix.close_quietly(self._reader, self._writer, *self._export_fds)
+            if self.owner and self._fifo_dir is not None:
+                shutil.rmtree(self._fifo_dir, ignore_errors=True)
+            _live_pools.discard(self)
+            self._close_result = result
+            return result
+
+    def __enter__(self) -> TokenPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            _posix.close_quietly(self._reader, self._writer, *self._export_fds)
+            if self.owner and self._fifo_dir is not None:
+                shutil.rmtree(self._fifo_dir, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        where = (
+            self.auth.path
+            if isinstance(self.auth, FifoAuth)
+            else f"{self.auth.read_fd},{self.auth.write_fd}"
+        )
+        role = "created" if self.owner else "joined"
+        state = " closed" if self._closed else ""
+        return f"<TokenPool {role} {self.style} {where} slots={self.slots}{state}>"
+
+    # -- fork and pickle ------------------------------------------------------------
+
+    def _reset_after_fork(self) -> None:
+        # The child runs on the token its parent acquired for it: that is its
+        # implicit slot. It holds nothing else and owns nothing.
+        self._implicit = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._held = set()
+        self.owner = False
+
+    def __reduce__(self) -> Any:
+        if self._closed:
+            raise ValueError("cannot pickle a closed token pool")
+        if isinstance(self.auth, FifoAuth):
+            return (_rebuild_fifo, (self.auth.path, self.slots, self.flags, self.variable))
+        from multiprocessing.reduction import DupFd
+
+        return (
+            _rebuild_pipe,
+            (
+                DupFd(self._export_fds[0]),
+                DupFd(self._export_fds[1]),
+                self.slots,
+                self.flags,
+                self.variable,
+            ),
+        )
+
+
+def _rebuild_pipe(
+    read: Any, write: Any, slots: int | None, flags: MakeFlags | None, variable: str | None
+) -> TokenPool:
+    r, w = read.detach(), write.detach()
+    os.set_inheritable(r, False)
+    os.set_inheritable(w, False)
+    try:
+        reader, writer, _private = _posix.open_pipe_ends(r, w)
+    except _posix.Unusable as e:
+        _posix.close_quietly(r, w)
+        raise JobserverUnavailable(f"cannot use the pickled jobserver pipe: {e}") from None
+    return TokenPool._new(
+        style="pipe",
+        reader=reader,
+        writer=writer,
+        auth=PipeAuth(r, w),
+        export_fds=(r, w),
+        slots=slots,
+        owner=False,
+        flags=flags,
+        variable=variable,
+    )
+
+
+def _rebuild_fifo(
+    path: str, slots: int | None, flags: MakeFlags | None, variable: str | None
+) -> TokenPool:
+    try:
+        reader, writer = _posix.open_fifo_ends(path)
+    except _posix.Unusable as e:
+        raise JobserverUnavailable(f"cannot use the jobserver: {e}") from None
+    return TokenPool._new(
+        style="fifo",
+        reader=reader,
+        writer=writer,
+        auth=FifoAuth(path),
+        export_fds=(),
+        slots=slots,
+        owner=False,
+        flags=flags,
+        variable=variable,
+    )
+
+
+def _fifo_parent() -> str:
+    """The directory for a new fifo: the temporary directory, unless its path
+    has blanks or backslashes, which cargo and ninja cannot parse (they split
+    MAKEFLAGS on spaces without honouring make's escapes)."""
+    tmp = tempfile.gettempdir()
+    if any(c in tmp for c in " \t\\") and os.access("/tmp", os.W_OK):
+        return "/tmp"
+    return tmp
