@@ -1,0 +1,552 @@
+"""Jobserver: run Python callables in their own processes on a shared token pool.
+
+Each job is one process holding one slot of the pool; the slot goes back
+only after the process is reaped. The pool is the same one make, ninja and
+cargo use, so a Python program under ``make -j8`` and everything it starts
+never run more than 8 jobs between them.
+
+Nesting rule (how recursion never deadlocks, at any depth, even with one
+slot): like every process make starts, every process has an *implicit* slot,
+the one it runs on. A job's first concurrent sub-job runs on that implicit
+slot, lent by the job while it waits for its sub-jobs, exactly as a
+recursive make lends its slot to its first child. Further concurrent
+sub-jobs each need a token from the pool. So a chain of jobs that each wait
+on one sub-job always makes progress, and ``N`` bounds the work running at
+any time, counting every cooperating process.
+
+There are no background threads: futures complete, tokens return and
+callbacks run inside whichever makejobs call is in progress (``submit``,
+``map``, ``done``, ``wait``, ``result``, ``when_done``,
+``reclaim_resources``). Every call first reclaims whatever has finished.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from multiprocessing.context import BaseContext
+from time import monotonic
+from typing import Any, TypeVar, Union
+
+from . import _child
+from ._engine import Engine
+from .errors import Blocked, CallbackRaised, JobserverUnavailable
+from .future import Future, _check_timeout, _MultiprocessingProcess, _Process
+from .pool import Token, TokenPool
+
+__all__ = ["EnvLike", "Jobserver", "SleepFn", "usable_cpus"]
+
+T = TypeVar("T")
+
+#: ``env=``: a mapping or pairs; a str value sets the variable, None unsets it.
+EnvLike = Union[Mapping[str, Union[str, None]], Iterable[tuple[str, Union[str, None]]]]
+#: ``sleep_fn=``: None admits now; a number asks again after that many seconds.
+SleepFn = Callable[[], Union[float, int, None]]
+
+_BLOCKED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _normalize_env(env: EnvLike | None) -> _child.Env:
+    if env is None:
+        return ()
+    items = env.items() if isinstance(env, Mapping) else env
+    result: list[tuple[str, str | None]] = []
+    for item in items:
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise TypeError(f"env entries must be (name, value) pairs, not {item!r}") from None
+        if not isinstance(name, str):
+            raise TypeError(f"environment variable names must be str, not {name!r}")
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"invalid environment variable name {name!r}")
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"env value for {name!r} must be str or None, not {value!r}")
+        if value is not None and "\0" in value:
+            raise ValueError(f"env value for {name!r} contains a NUL character")
+        result.append((name, value))
+    return tuple(result)
+
+
+def _resolve_context(context: BaseContext | str | None) -> BaseContext:
+    if context is None:
+        return multiprocessing.get_context()
+    if isinstance(context, str):
+        return multiprocessing.get_context(context)
+    if isinstance(context, BaseContext):
+        return context
+    raise TypeError(f"context must be None, a start method name or a context, not {context!r}")
+
+
+def _check_sleep_result(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"sleep_fn must return None or a number of seconds, not {value!r}")
+    if value != value or value < 0:
+        raise ValueError(f"sleep_fn must return None or a non-negative number, not {value!r}")
+    return float(value)
+
+
+class Jobserver:
+    """Run callables in fresh processes, at most as many at once as the pool allows.
+
+    Args:
+        context: a :mod:`multiprocessing` start method name (``"fork"``,
+            ``"forkserver"``, ``"spawn"``), a context, or None for the default.
+        slots: None to join the pool advertised by the environment (``make``,
+            ``ninja``, ``cargo``, ``makejobs serve``), or, when there is none,
+            to create a private pool sized to the usable CPUs. When a pool is
+            advertised but unusable a :class:`~makejobs.errors.JobserverUnavailable`
+            warning is emitted and jobs run one at a time, as make does. An int
+            creates a private pool of that many slots.
+        pool: use this :class:`~makejobs.TokenPool` (neither joined nor closed here).
+        env: environment changes applied in every job's process (str sets,
+            None unsets); per-submit ``env`` is applied after it.
+        preexec_fn: called in the job's process before the job; if it returns
+            a context manager, the job runs inside it.
+        sleep_fn: admission criterion consulted before each job starts: None
+            admits now, a number asks again after that many seconds (see
+            :mod:`makejobs.criteria`).
+
+    A Jobserver is a context manager; leaving the ``with`` block waits for
+    every job (or, when leaving on an exception, terminates them) and closes a
+    pool it created. It can be pickled, so jobs may submit jobs of their own
+    (nesting) under every start method.
+    """
+
+    def __init__(
+        self,
+        context: BaseContext | str | None = None,
+        slots: int | None = None,
+        *,
+        pool: TokenPool | None = None,
+        env: EnvLike = (),
+        preexec_fn: Callable[[], Any] | None = None,
+        sleep_fn: SleepFn | None = None,
+    ) -> None:
+        self._context = _resolve_context(context)
+        self._method = self._context.get_start_method()
+        if pool is not None and slots is not None:
+            raise ValueError("give slots or pool, not both")
+        if preexec_fn is not None and not callable(preexec_fn):
+            raise TypeError("preexec_fn must be callable")
+        if sleep_fn is not None and not callable(sleep_fn):
+            raise TypeError("sleep_fn must be callable")
+        self._env = _normalize_env(env)
+        self._preexec_fn = preexec_fn
+        self._sleep_fn = sleep_fn
+        self._owns_pool = pool is None
+        if pool is None:
+            pool = self._default_pool(slots)
+        elif not isinstance(pool, TokenPool):
+            raise TypeError(f"pool must be a TokenPool, not {type(pool).__name__}")
+        self._pool = pool
+        self._engine = Engine(pool)
+        self._closed = False
+
+    @staticmethod
+    def _default_pool(slots: int | None) -> TokenPool:
+        if slots is not None:
+            return TokenPool.create(slots)
+        try:
+            joined = TokenPool.from_environ()
+        except JobserverUnavailable as e:
+            warnings.warn(f"{e}; running one job at a time", JobserverUnavailable, stacklevel=3)
+            return TokenPool.create(1)
+        return joined if joined is not None else TokenPool.create(usable_cpus())
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def pool(self) -> TokenPool:
+        """The token pool jobs run on."""
+        return self._pool
+
+    @property
+    def context(self) -> BaseContext:
+        """The multiprocessing context (start method) jobs are started with."""
+        return self._context
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        consume: int = 1,
+        env: EnvLike | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+        sleep_fn: SleepFn | None = None,
+        timeout: float | None = None,
+    ) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` in a new process once a slot is free.
+
+        Args:
+            consume: slots the job holds (0 runs it without one; more than 1
+                reserves extra parallelism for a job that uses several cores).
+            env, preexec_fn, sleep_fn: override (env: extend) the Jobserver's.
+            timeout: None waits for a slot forever, 0 never blocks, a number is
+                a deadline covering admission and every retry.
+
+        Raises:
+            Blocked: no slot (or no admission) before the deadline.
+            CallbackRaised: a callback of a finished job raised; nothing was
+                submitted, call again.
+            TypeError: *fn* or its arguments cannot be sent to the child
+                (spawn/forkserver pickle them).
+            RuntimeError: the Jobserver is closed.
+        """
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        args = tuple(args)
+        kwargs = dict(kwargs) if kwargs is not None else {}
+        if isinstance(consume, bool) or not isinstance(consume, int) or consume < 0:
+            raise ValueError(f"consume must be a non-negative int, not {consume!r}")
+        _check_timeout(timeout)
+        if self._closed:
+            raise RuntimeError("the Jobserver is closed")
+        job_env = self._env + _normalize_env(env)
+        preexec = preexec_fn if preexec_fn is not None else self._preexec_fn
+        admit = sleep_fn if sleep_fn is not None else self._sleep_fn
+        deadline = None if timeout is None else monotonic() + timeout
+        tokens = self._admit(consume, admit, deadline, timeout)
+        try:
+            return self._launch(fn, args, kwargs, job_env, preexec, tokens)
+        except BaseException:
+            for token in tokens:
+                self._engine.release(token)
+            raise
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Shorthand: ``jobserver(fn, *args, **kwargs)`` is ``submit(fn, args, kwargs)``."""
+        return self.submit(fn, args, kwargs)
+
+    def _admit(
+        self,
+        consume: int,
+        sleep_fn: SleepFn | None,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> list[Token]:
+        engine = self._engine
+        pool = self._pool
+        tokens: list[Token] = []
+        try:
+            while True:
+                engine.reclaim()
+                engine.run_callbacks()
+                delay = None
+                if sleep_fn is not None and not tokens:
+                    delay = _check_sleep_result(sleep_fn())
+                remaining = None if deadline is None else deadline - monotonic()
+                if delay is None:
+                    while len(tokens) < consume:
+                        token = pool.try_acquire()
+                        if token is None:
+                            break
+                        tokens.append(token)
+                    if len(tokens) == consume:
+                        return tokens
+                    if remaining is not None and remaining <= 0:
+                        raise Blocked(f"no free slot within {timeout} s")
+                    engine.progress(remaining, pool=True)
+                else:
+                    if remaining is not None and remaining <= 0:
+                        raise Blocked(f"sleep_fn did not admit the job within {timeout} s")
+                    wait = delay if remaining is None else min(delay, remaining)
+                    engine.progress(wait)
+        except BaseException:
+            for token in tokens:
+                engine.release(token)
+            raise
+
+    def _launch(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        env: _child.Env,
+        preexec_fn: Callable[[], Any] | None,
+        tokens: list[Token],
+    ) -> Future[Any]:
+        engine = self._engine
+        r, w = os.pipe()
+        try:
+            with engine.spawn_lock:
+                if self._method == "fork":
+                    process: _Process | _MultiprocessingProcess = self._fork(
+                        r, w, fn, args, kwargs, env, preexec_fn
+                    )
+                else:
+                    process = self._start(w, fn, args, kwargs, env, preexec_fn)
+                # Close our copy of the write end before any other job starts,
+                # so end-of-file means exactly "this job's process is done".
+                os.close(w)
+                w = -1
+        except BaseException:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+            raise
+        os.set_blocking(r, False)
+        future: Future[Any] = Future(engine, process, r, tokens)
+        engine.add(future)
+        return future
+
+    def _fork(
+        self,
+        r: int,
+        w: int,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        env: _child.Env,
+        preexec_fn: Callable[[], Any] | None,
+    ) -> _Process:
+        _flush_std_streams()
+        # Hold off SIGINT/SIGTERM until the job is registered: a KeyboardInterrupt
+        # between fork and bookkeeping would orphan a process holding our token.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                    os.close(r)
+                    code = _child.run_job(w, fn, args, kwargs, env, preexec_fn, self._pool)
+                finally:
+                    _flush_std_streams()
+                    os._exit(code)
+            return _Process(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def _start(
+        self,
+        w: int,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        env: _child.Env,
+        preexec_fn: Callable[[], Any] | None,
+    ) -> _MultiprocessingProcess:
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=_child.spawned_main,
+            args=(_child.ResultFd(w), fn, args, kwargs, env, preexec_fn, self._pool),
+            name="makejobs-job",
+        )
+        try:
+            process.start()
+        except (pickle.PicklingError, AttributeError, TypeError, ValueError, RecursionError) as e:
+            raise TypeError(
+                f"the job or its arguments cannot be pickled for start method"
+                f" {self._method!r}: {e}"
+            ) from e
+        return _MultiprocessingProcess(process)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        argses: Iterable[Iterable[Any]] | None = None,
+        kwargses: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        chunksize: int = 1,
+        timeout: float | None = None,
+        consume: int = 1,
+        env: EnvLike | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+        sleep_fn: SleepFn | None = None,
+    ) -> Iterator[T]:
+        """Yield ``fn(*args, **kwargs)`` per call in *argses* / *kwargses*, in order.
+
+        Calls are grouped *chunksize* to a job. Inputs are consumed lazily; as
+        many chunks run at once as the pool allows. *timeout* is a deadline
+        measured from this call: past it the iterator raises Blocked. The first
+        exception raised by a call is re-raised at its position.
+        """
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
+        if argses is None and kwargses is None:
+            raise TypeError("map needs argses, kwargses or both")
+        if isinstance(argses, Mapping) or isinstance(kwargses, Mapping):
+            raise TypeError("argses and kwargses must be iterables of calls, not a mapping")
+        _check_timeout(timeout)
+        deadline = None if timeout is None else monotonic() + timeout
+        calls = _zip_calls(argses, kwargses)
+        options = dict(consume=consume, env=env, preexec_fn=preexec_fn, sleep_fn=sleep_fn)
+        return self._map(fn, calls, chunksize, deadline, timeout, options)
+
+    def _map(
+        self,
+        fn: Callable[..., T],
+        calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]],
+        chunksize: int,
+        deadline: float | None,
+        timeout: float | None,
+        options: dict[str, Any],
+    ) -> Iterator[T]:
+        inflight: deque[Future[_ChunkResult]] = deque()
+        pending: list[tuple[tuple[Any, ...], dict[str, Any]]] | None = None
+        exhausted = False
+        while True:
+            while not exhausted:
+                if pending is None:
+                    pending = [call for _, call in zip(range(chunksize), calls)]
+                    if not pending:
+                        exhausted = True
+                        break
+                remaining = None if deadline is None else max(0.0, deadline - monotonic())
+                try:
+                    future = self.submit(
+                        _run_chunk, (fn, pending), timeout=0 if inflight else remaining, **options
+                    )
+                except Blocked:
+                    if inflight:
+                        break
+                    raise Blocked(f"map did not finish within {timeout} s") from None
+                inflight.append(future)
+                pending = None
+            if not inflight:
+                return
+            remaining = None if deadline is None else max(0.0, deadline - monotonic())
+            try:
+                values, error = inflight[0].result(remaining)
+            except Blocked:
+                raise Blocked(f"map did not finish within {timeout} s") from None
+            inflight.popleft()
+            yield from values
+            if error is not None:
+                raise error
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def reclaim_resources(self) -> None:
+        """Complete finished jobs (reap, return tokens, run callbacks) without blocking.
+
+        Raises:
+            CallbackRaised: one callback raised; call again to run the rest.
+        """
+        self._engine.reclaim()
+        self._engine.run_callbacks()
+
+    def close(self, *, terminate: bool = False) -> None:
+        """Wait for every job (or first send SIGTERM with *terminate*), run pending
+        callbacks, and close the pool if this Jobserver created it. Idempotent.
+
+        Callback failures found here are turned into :class:`RuntimeWarning`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        engine = self._engine
+        if terminate:
+            with engine.lock:
+                running = list(engine.running)
+            for future in running:
+                future.kill(signal.SIGTERM)
+        engine.wait_all()
+        while True:
+            try:
+                engine.run_callbacks()
+                break
+            except CallbackRaised as e:
+                warnings.warn(f"{e} (while closing the Jobserver)", RuntimeWarning, stacklevel=2)
+        engine.close()
+        if self._owns_pool:
+            self._pool.close()
+
+    def __enter__(self) -> Jobserver:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(terminate=exc_type is not None)
+
+    def __repr__(self) -> str:
+        with self._engine.lock:
+            running = len(self._engine.running)
+        return f"<Jobserver {self._method!r} running={running} pool={self._pool!r}>"
+
+    def __reduce__(self) -> Any:
+        if self._closed:
+            raise RuntimeError("cannot pickle a closed Jobserver")
+        return (
+            _rebuild_jobserver,
+            (self._method, self._pool, self._env, self._preexec_fn, self._sleep_fn),
+        )
+
+
+def _rebuild_jobserver(
+    method: str,
+    pool: TokenPool,
+    env: _child.Env,
+    preexec_fn: Callable[[], Any] | None,
+    sleep_fn: SleepFn | None,
+) -> Jobserver:
+    return Jobserver(method, pool=pool, env=env, preexec_fn=preexec_fn, sleep_fn=sleep_fn)
+
+
+_ChunkResult = tuple[list[Any], Union[BaseException, None]]
+
+
+def _run_chunk(
+    fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> _ChunkResult:
+    values: list[Any] = []
+    for args, kwargs in calls:
+        try:
+            values.append(fn(*args, **kwargs))
+        except Exception as e:
+            import traceback
+
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            return values, _child.attach_traceback(e, text)
+    return values, None
+
+
+def _zip_calls(
+    argses: Iterable[Iterable[Any]] | None, kwargses: Iterable[Mapping[str, Any]] | None
+) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+    sentinel = object()
+    args_it: Iterator[Any] = iter(argses) if argses is not None else iter(())
+    kwargs_it: Iterator[Any] = iter(kwargses) if kwargses is not None else iter(())
+    while True:
+        a = next(args_it, sentinel) if argses is not None else None
+        k = next(kwargs_it, sentinel) if kwargses is not None else None
+        if a is sentinel or k is sentinel:
+            if (argses is not None and a is not sentinel) or (
+                kwargses is not None and k is not sentinel
+            ):
+                raise ValueError("argses and kwargses have different lengths")
+            return
+        if a is not None and (isinstance(a, (str, bytes)) or not isinstance(a, Iterable)):
+            raise TypeError(f"each element of argses must be a tuple of arguments, not {a!r}")
+        if k is not None and not isinstance(k, Mapping):
+            raise TypeError(f"each element of kwargses must be a mapping, not {k!r}")
+        yield (tuple(a) if a is not None else (), dict(k) if k is not None else {})
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
