@@ -665,6 +665,7 @@ FRAGMENTS = [
     "O",
     "C",
     "\n",
+    "\r",
     "\u00e9",
 ]
 
@@ -800,6 +801,16 @@ def check_invariants(mf: MakeFlags) -> None:
             {},
             f" -f {AUTH}=3,4 {AUTH}=fifo:/f",
             id="auth-word-that-is-an-argument-kept",
+        ),
+        pytest.param(
+            f"{AUTH}= \n{AUTH}=",
+            None,
+            {},
+            f"\\\n{AUTH}=",
+            id="promoted-word-with-leading-newline-escaped",
+        ),
+        pytest.param(
+            f"{AUTH}=3,4 \r=", None, {}, "\\\r=", id="promoted-word-with-leading-cr-escaped"
         ),
         pytest.param(
             f"s {AUTH}=3,4 -- {AUTH}=9,9 -j8",
@@ -948,9 +959,13 @@ def test_replace_auth_keeps_other_words(
     assert after.dry_run == before.dry_run
 
 
+# Few characters, many of them special to make's reader: finds layout corner cases fast.
+special_text = st.text(alphabet=" \t\n\r\\-=,:jkfn03", max_size=30)
+
+
 @FAST
 @given(
-    st.one_of(st.text(), near_valid_values).filter(lambda v: "\0" not in v),
+    st.one_of(st.text(), near_valid_values, special_text).filter(lambda v: "\0" not in v),
     new_auths,
     new_jobs,
     st.booleans(),
