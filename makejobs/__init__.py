@@ -6,6 +6,8 @@ Layers, lowest first (a module imports only from layers below it):
 * :mod:`makejobs.pool`: :class:`TokenPool`, join or create a token pool.
 * :mod:`makejobs.jobserver` and :mod:`makejobs.future`: :class:`Jobserver`,
   one process per job on pool tokens, with :class:`Future` results.
+* :mod:`makejobs.executor`: :class:`JobserverExecutor`, a
+  :mod:`concurrent.futures` executor whose running tasks hold pool tokens.
 * :mod:`makejobs.criteria`: admission criteria for ``sleep_fn``.
 """
 
@@ -20,6 +22,7 @@ from .errors import (
     SubmissionDied,
     TokenCountWarning,
 )
+from .executor import JobserverExecutor
 from .future import Future
 from .jobserver import Jobserver, usable_cpus
 from .pool import Token, TokenPool
@@ -33,6 +36,7 @@ __all__ = [
     "FifoAuth",
     "Future",
     "Jobserver",
+    "JobserverExecutor",
     "JobserverUnavailable",
     "MakeFlags",
     "PipeAuth",

@@ -40,7 +40,7 @@ from .errors import Blocked, CallbackRaised, JobserverUnavailable
 from .future import Future, _check_timeout, _MultiprocessingProcess, _Process
 from .pool import Token, TokenPool
 
-__all__ = ["EnvLike", "Jobserver", "SleepFn", "usable_cpus"]
+__all__ = ["EnvLike", "Jobserver", "SleepFn", "default_pool", "usable_cpus"]
 
 T = TypeVar("T")
 
@@ -102,6 +102,27 @@ def _check_sleep_result(value: object) -> float | None:
     return float(value)
 
 
+def default_pool(slots: int | None = None, *, stacklevel: int = 2) -> TokenPool:
+    """The pool a Jobserver or executor uses when none is given.
+
+    *slots* creates a private pool of that size. None joins the pool the
+    environment advertises; when none is advertised it creates a private pool
+    sized to the usable CPUs; when one is advertised but unusable it warns
+    (:class:`~makejobs.errors.JobserverUnavailable`) and creates a pool of one
+    slot, so work runs one job at a time, as make does.
+    """
+    if slots is not None:
+        return TokenPool.create(slots)
+    try:
+        joined = TokenPool.from_environ()
+    except JobserverUnavailable as e:
+        warnings.warn(
+            f"{e}; running one job at a time", JobserverUnavailable, stacklevel=stacklevel + 1
+        )
+        return TokenPool.create(1)
+    return joined if joined is not None else TokenPool.create(usable_cpus())
+
+
 class Jobserver:
     """Run callables in fresh processes, at most as many at once as the pool allows.
 
@@ -152,23 +173,12 @@ class Jobserver:
         self._sleep_fn = sleep_fn
         self._owns_pool = pool is None
         if pool is None:
-            pool = self._default_pool(slots)
+            pool = default_pool(slots, stacklevel=3)
         elif not isinstance(pool, TokenPool):
             raise TypeError(f"pool must be a TokenPool, not {type(pool).__name__}")
         self._pool = pool
         self._engine = Engine(pool)
         self._closed = False
-
-    @staticmethod
-    def _default_pool(slots: int | None) -> TokenPool:
-        if slots is not None:
-            return TokenPool.create(slots)
-        try:
-            joined = TokenPool.from_environ()
-        except JobserverUnavailable as e:
-            warnings.warn(f"{e}; running one job at a time", JobserverUnavailable, stacklevel=3)
-            return TokenPool.create(1)
-        return joined if joined is not None else TokenPool.create(usable_cpus())
 
     # -- properties ---------------------------------------------------------------------
 

@@ -1,0 +1,671 @@
+"""JobserverExecutor: a concurrent.futures executor on the shared token pool.
+
+A drop-in for :class:`concurrent.futures.ProcessPoolExecutor` that never
+runs more tasks at once than make's (or ninja's, or cargo's) pool allows.
+
+Design, and why:
+
+* **Reused workers.** Tasks run in long-lived worker processes, so a tiny
+  task costs a pickle and two pipe round trips, not a fork. With
+  ``max_tasks_per_child=1`` every task gets a fresh process instead.
+* **Tokens follow tasks, not workers.** A task is handed to a worker only
+  once a token is held for it (this process's implicit slot first), and the
+  token goes back the moment its result arrives. An idle worker holds
+  nothing, so under ``make -jN`` the executor and every other recipe never
+  exceed N together.
+* **One private pipe pair per worker.** Tasks go down the worker's own task
+  pipe, results come back on its own result pipe. End-of-file on a result
+  pipe means that worker died: only the task it was running fails (with
+  :class:`~makejobs.errors.SubmissionDied`), and a new worker replaces it.
+  There is no shared queue for a dead worker to corrupt, so there is no
+  ``BrokenProcessPool`` for everybody.
+* **One manager thread that sleeps in poll().** It wakes on a submission
+  (a byte on a wake pipe), a result (worker pipes), a free token (the pool
+  fd) or room to send a large task (POLLOUT); nothing waits on a timer.
+  Results are read as they arrive, so a multi-megabyte result costs its
+  copy and nothing more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import struct
+import threading
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from concurrent.futures import Future as StdFuture
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from . import _child
+from .errors import JobserverUnavailable, PoolBroken, SubmissionDied
+from .future import describe_exit
+from .jobserver import Jobserver, default_pool, usable_cpus
+from .pool import Token, TokenPool
+
+__all__ = ["JobserverExecutor"]
+
+_HEADER = struct.Struct(">Q")
+_OK, _RAISED, _INIT_FAILED = 0, 1, 2
+
+
+# -- the worker process ---------------------------------------------------------------------
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _send(fd: int, body: bytes) -> None:
+    view = memoryview(_HEADER.pack(len(body)) + body)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _result_frame(task_id: int, kind: int, payload: Any) -> bytes:
+    try:
+        return pickle.dumps((task_id, kind, payload), pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        what = "the result" if kind == _OK else "the exception"
+        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        error = RuntimeError(f"{what} of type {type(payload).__qualname__} cannot be pickled: {e}")
+        return pickle.dumps((task_id, _RAISED, (error, text)), pickle.HIGHEST_PROTOCOL)
+
+
+def _worker_main(
+    task_fd: Any,
+    result_fd: Any,
+    pool: TokenPool | None,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    max_tasks: int | None,
+) -> None:
+    """Serve tasks until the task pipe closes (or *max_tasks* are done)."""
+    tasks = task_fd.detach() if hasattr(task_fd, "detach") else task_fd
+    results = result_fd.detach() if hasattr(result_fd, "detach") else result_fd
+    for fd in (tasks, results):
+        os.set_inheritable(fd, False)  # exec'd grandchildren must not pin them
+    # A task that runs make, ninja or cargo joins the pool on the task's token.
+    _child.apply_environment((), pool)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as e:
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            _send(results, _result_frame(-1, _INIT_FAILED, text))
+            return
+    done = 0
+    while max_tasks is None or done < max_tasks:
+        header = _read_exactly(tasks, _HEADER.size)
+        if header is None:
+            return  # the executor shut us down
+        body = _read_exactly(tasks, _HEADER.unpack(header)[0])
+        if body is None:
+            return
+        task_id = -1
+        try:
+            task_id, fn, args, kwargs = pickle.loads(body)
+            frame = _result_frame(task_id, _OK, fn(*args, **kwargs))
+        except Exception as e:
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            frame = _result_frame(task_id, _RAISED, (e, text))
+        _send(results, frame)
+        done += 1
+
+
+# -- bookkeeping in the parent -----------------------------------------------------------------
+
+
+class _Task:
+    __slots__ = ("body", "future", "id", "token", "worker")
+
+    def __init__(self, task_id: int, future: StdFuture[Any], body: bytes) -> None:
+        self.id = task_id
+        self.future = future
+        self.body = body
+        self.token: Token | None = None
+        self.worker: _Worker | None = None
+
+
+class _Worker:
+    """One worker process and our ends of its two pipes."""
+
+    def __init__(self, process: Any, task_w: int, result_r: int) -> None:
+        self.process = process
+        self.pid: int = process.pid
+        self.task_w = task_w
+        self.result_r = result_r
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.task: _Task | None = None
+        self.ready = False  # it finished its initializer (first frame or first task)
+
+    def close_pipes(self) -> None:
+        for fd in (self.task_w, self.result_r):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.task_w = self.result_r = -1
+
+
+_live_executors: weakref.WeakSet[JobserverExecutor] = weakref.WeakSet()
+
+
+def _shutdown_at_exit() -> None:
+    for executor in list(_live_executors):
+        executor.shutdown(wait=True)
+
+
+if hasattr(threading, "_register_atexit"):
+    # Runs before the interpreter joins threads, like ProcessPoolExecutor's hook.
+    threading._register_atexit(_shutdown_at_exit)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_shutdown_at_exit)
+
+
+def _default_context() -> BaseContext:
+    """The start method for workers: the default one, except that a threaded
+    process (ours has a manager thread) should not fork: use forkserver then,
+    as Python 3.14 does by default."""
+    context = multiprocessing.get_context()
+    if (
+        context.get_start_method() == "fork"
+        and "forkserver" in multiprocessing.get_all_start_methods()
+    ):
+        return multiprocessing.get_context("forkserver")
+    return context
+
+
+class JobserverExecutor(Executor):
+    """A :class:`concurrent.futures.Executor` whose running tasks each hold one pool token.
+
+    Args:
+        max_workers: the most worker processes at once; default: the pool's
+            size when known, else the usable CPUs. The pool may allow fewer
+            tasks at a time; idle workers hold no token.
+        jobserver: share this :class:`~makejobs.Jobserver`'s pool (default:
+            join the pool the environment advertises, else create one sized
+            to the CPUs; an advertised but unusable pool gives a
+            :class:`~makejobs.errors.JobserverUnavailable` warning and one task
+            at a time).
+        mp_context: the multiprocessing context that starts workers. Default:
+            the default context, but ``forkserver`` instead of ``fork``, since
+            forking a process with threads is unsafe.
+        initializer, initargs: run in each worker before its first task; if
+            it raises, pending and later tasks fail with
+            :class:`~concurrent.futures.process.BrokenProcessPool`.
+        max_tasks_per_child: replace a worker after this many tasks (1: a
+            fresh process per task).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        jobserver: Jobserver | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        if jobserver is not None:
+            self._pool = jobserver.pool
+            self._owns_pool = False
+        else:
+            self._pool = default_pool(stacklevel=3)
+            self._owns_pool = True
+        if max_workers is None:
+            max_workers = self._pool.slots or usable_cpus()
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        if max_tasks_per_child is not None and (
+            isinstance(max_tasks_per_child, bool)
+            or not isinstance(max_tasks_per_child, int)
+            or max_tasks_per_child < 1
+        ):
+            raise ValueError(
+                f"max_tasks_per_child must be a positive int or None, not {max_tasks_per_child!r}"
+            )
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be callable")
+        self._max_workers = max_workers
+        self._context = mp_context if mp_context is not None else _default_context()
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks = max_tasks_per_child
+
+        self._lock = threading.Lock()
+        self._pending: deque[_Task] = deque()
+        self._ids = itertools.count()
+        self._shutdown = False
+        self._broken: str | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._wake_sent = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        # Manager-thread state.
+        self._workers: dict[int, _Worker] = {}  # result fd -> worker
+        self._idle: list[_Worker] = []
+        self._poller = select.poll()
+        _live_executors.add(self)
+
+    # -- the Executor API -----------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> StdFuture[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return a standard Future.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`, or in a child of the process
+                that created the executor.
+            BrokenProcessPool: the worker initializer failed.
+        """
+        future: StdFuture[Any] = StdFuture()
+        with self._lock:
+            if self._broken is not None:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if os.getpid() != self._pid:
+                raise RuntimeError("a JobserverExecutor cannot be used in a forked child")
+            task_id = next(self._ids)
+        try:
+            body = pickle.dumps((task_id, fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            # As ProcessPoolExecutor does: the failure belongs to this future.
+            future.set_exception(e)
+            return future
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._pending.append(_Task(task_id, future, body))
+            self._ensure_thread()
+            self._wake()
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Like :meth:`concurrent.futures.Executor.map`; *chunksize* calls go to a task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables), chunksize)
+        results = super().map(_call_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; finish (or with *cancel_futures*, cancel) pending tasks.
+
+        With *wait* (the default) returns once every worker has exited and
+        every token is back; otherwise returns at once and the manager thread
+        finishes in the background (interpreter exit still waits for it).
+        """
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while self._pending:
+                    self._pending.popleft().future.cancel()
+            thread = self._thread
+            if thread is None:
+                self._close_resources()
+                return
+            self._wake()
+        if wait and thread is not threading.current_thread():
+            thread.join()
+
+    def kill(self, future: StdFuture[Any], signum: int = signal.SIGTERM) -> bool:
+        """Cancel a *running* task by sending *signum* to its worker.
+
+        The future then fails with :class:`~makejobs.errors.SubmissionDied`
+        (unless the task finished first) and a new worker takes the dead one's
+        place. A pending future is simply cancelled.
+
+        Returns:
+            True if a signal was sent or the future was cancelled.
+        """
+        if future.cancel():
+            return True
+        with self._lock:
+            for worker in list(self._workers.values()):
+                task = worker.task
+                if task is not None and task.future is future:
+                    try:
+                        os.kill(worker.pid, signum)
+                    except ProcessLookupError:
+                        return False
+                    return True
+        return False
+
+    @property
+    def pool(self) -> TokenPool:
+        """The token pool running tasks hold tokens of."""
+        return self._pool
+
+    # -- manager thread ---------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._manage, name="makejobs-executor", daemon=True
+            )
+            self._thread.start()
+
+    def _wake(self) -> None:
+        # Caller holds self._lock. One byte until the manager drains it.
+        if not self._wake_sent:
+            self._wake_sent = True
+            os.write(self._wake_w, b"!")
+
+    def _manage(self) -> None:
+        try:
+            self._manage_loop()
+        except BaseException as e:  # pragma: no cover - a bug; fail loudly, lose nothing
+            self._break(f"the executor's manager thread failed: {e!r}")
+            raise
+        finally:
+            self._stop_workers()
+            with self._lock:
+                self._close_resources()
+
+    def _manage_loop(self) -> None:
+        poller = self._poller
+        poller.register(self._wake_r, select.POLLIN)
+        pool_fd = self._pool.fileno()
+        watching_pool = False
+        while True:
+            want_pool = self._dispatch()
+            with self._lock:
+                finished = self._shutdown and not self._pending and not self._running()
+            if finished:
+                return
+            if want_pool != watching_pool:
+                if want_pool:
+                    poller.register(pool_fd, select.POLLIN)
+                else:
+                    poller.unregister(pool_fd)
+                watching_pool = want_pool
+            for fd, _mask in poller.poll():
+                if fd == self._wake_r:
+                    with self._lock:
+                        self._wake_sent = False
+                        _drain(self._wake_r)
+                elif fd == pool_fd:
+                    continue  # _dispatch takes the token
+                elif fd in self._workers:
+                    self._on_result_ready(self._workers[fd], poller)
+                else:
+                    self._on_writable(fd, poller)
+
+    def _running(self) -> int:
+        return sum(1 for w in self._workers.values() if w.task is not None)
+
+    def _dispatch(self) -> bool:
+        """Hand pending tasks to workers while tokens last. True if waiting for a token."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return False
+            worker = self._idle[-1] if self._idle else None
+            if worker is None and len(self._workers) >= self._max_workers:
+                return False  # every worker is busy; a result will wake us
+            token = self._pool.try_acquire()
+            if token is None:
+                return True
+            with self._lock:
+                task = self._pending.popleft() if self._pending else None
+            if task is None or not task.future.set_running_or_notify_cancel():
+                self._release(token)
+                continue
+            if worker is None:
+                try:
+                    worker = self._start_worker()
+                except BaseException as e:
+                    self._release(token)
+                    task.future.set_exception(e)
+                    continue
+            else:
+                self._idle.pop()
+            task.token = token
+            task.worker = worker
+            worker.task = task
+            worker.outbox += _HEADER.pack(len(task.body)) + task.body
+            task.body = b""
+            self._flush(worker)
+
+    def _start_worker(self) -> _Worker:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        try:
+            if self._context.get_start_method() == "fork":
+                fds: tuple[Any, Any] = (task_r, result_w)
+            else:
+                fds = (_child.ResultFd(task_r), _child.ResultFd(result_w))
+            process = self._context.Process(  # type: ignore[attr-defined]
+                target=_worker_main,
+                args=(*fds, self._pool, self._initializer, self._initargs, self._max_tasks),
+                name="makejobs-worker",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            for fd in (task_r, task_w, result_r, result_w):
+                os.close(fd)
+            raise
+        os.close(task_r)
+        os.close(result_w)
+        os.set_blocking(task_w, False)
+        os.set_blocking(result_r, False)
+        worker = _Worker(process, task_w, result_r)
+        with self._lock:
+            self._workers[result_r] = worker
+        self._poller.register(result_r, select.POLLIN)
+        return worker
+
+    def _flush(self, worker: _Worker) -> None:
+        """Write as much of the worker's outbox as the pipe takes now."""
+        if not worker.outbox or worker.task_w < 0:
+            return
+        try:
+            written = os.write(worker.task_w, worker.outbox)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the worker died; its result pipe will report it
+        del worker.outbox[:written]
+        if worker.outbox:
+            self._poller.register(worker.task_w, select.POLLOUT)
+
+    def _on_writable(self, fd: int, poller: select.poll) -> None:
+        for worker in self._workers.values():
+            if worker.task_w == fd:
+                poller.unregister(fd)
+                self._flush(worker)  # registers again if some is left
+                return
+        poller.unregister(fd)
+
+    def _on_result_ready(self, worker: _Worker, poller: select.poll) -> None:
+        eof = False
+        while True:
+            try:
+                chunk = os.read(worker.result_r, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                eof = True
+                break
+            worker.inbox += chunk
+        while len(worker.inbox) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(worker.inbox)
+            end = _HEADER.size + length
+            if len(worker.inbox) < end:
+                break
+            body = bytes(worker.inbox[_HEADER.size : end])
+            del worker.inbox[:end]
+            self._on_frame(worker, body)
+        if eof:
+            poller.unregister(worker.result_r)
+            self._on_worker_exit(worker)
+
+    def _on_frame(self, worker: _Worker, body: bytes) -> None:
+        try:
+            task_id, kind, payload = pickle.loads(body)
+        except Exception as e:
+            task_id, kind, payload = (
+                -2,
+                _RAISED,
+                (
+                    RuntimeError(f"a task's result could not be unpickled here: {e!r}"),
+                    None,
+                ),
+            )
+        if kind == _INIT_FAILED:
+            self._break(f"a worker's initializer raised:\n{payload}")
+            return
+        task = worker.task
+        if task is None or (task_id != task.id and task_id != -2):
+            return  # cannot happen: a worker runs one task at a time
+        worker.task = None
+        self._finish(task)
+        if kind == _OK:
+            task.future.set_result(payload)
+        else:
+            exc, text = payload
+            task.future.set_exception(_child.attach_traceback(exc, text))
+        if not self._shutdown or self._pending:
+            self._idle.append(worker)
+        else:
+            self._retire(worker)
+
+    def _on_worker_exit(self, worker: _Worker) -> None:
+        """The worker's result pipe hit end-of-file: it exited or died."""
+        worker.process.join()
+        with self._lock:
+            self._workers.pop(worker.result_r, None)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        if worker.task_w >= 0:
+            try:
+                self._poller.unregister(worker.task_w)
+            except KeyError:
+                pass
+        worker.close_pipes()
+        task = worker.task
+        if task is not None:
+            worker.task = None
+            self._finish(task)
+            task.future.set_exception(
+                SubmissionDied(
+                    describe_exit(worker.pid, worker.process.exitcode),
+                    pid=worker.pid,
+                    exitcode=worker.process.exitcode,
+                )
+            )
+        worker.process.close()
+
+    def _finish(self, task: _Task) -> None:
+        if task.token is not None:
+            self._release(task.token)
+            task.token = None
+
+    def _release(self, token: Token) -> None:
+        try:
+            self._pool.release(token)
+        except PoolBroken as e:
+            import warnings
+
+            warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Ask an idle worker to exit by closing its task pipe."""
+        if worker.task_w >= 0:
+            os.close(worker.task_w)
+            worker.task_w = -1
+
+    def _break(self, reason: str) -> None:
+        with self._lock:
+            self._broken = reason
+            self._shutdown = True
+            pending = list(self._pending)
+            self._pending.clear()
+        for task in pending:
+            if task.future.set_running_or_notify_cancel():
+                task.future.set_exception(BrokenProcessPool(reason))
+
+    def _stop_workers(self) -> None:
+        for worker in list(self._workers.values()):
+            self._retire(worker)
+        for worker in list(self._workers.values()):
+            if worker.task is not None:
+                worker.process.kill()
+            worker.process.join()
+            if worker.task is not None:
+                self._finish(worker.task)
+                task, worker.task = worker.task, None
+                if not task.future.done():
+                    task.future.set_exception(
+                        SubmissionDied("the executor shut down while the task ran", pid=worker.pid)
+                    )
+            worker.close_pipes()
+            worker.process.close()
+        with self._lock:
+            self._workers.clear()
+        self._idle.clear()
+
+    def _close_resources(self) -> None:
+        # Caller holds self._lock.
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1
+        _live_executors.discard(self)
+        if self._owns_pool and not self._pool.closed:
+            self._pool.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _chunks(iterable: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while True:
+        chunk = list(itertools.islice(iterable, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
