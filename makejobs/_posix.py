@@ -37,6 +37,7 @@ __all__ = [
     "describe_mode",
     "drain",
     "dup_cloexec",
+    "end_of_file",
     "fill",
     "open_fifo_ends",
     "open_new_fifo_ends",
@@ -199,22 +200,26 @@ def wait_readable(fd: int, timeout: float | None) -> bool:
     return bool(poller.poll(ms))
 
 
+def end_of_file(fd: int) -> PoolBroken:
+    """The error for a read of 0 bytes from the pool, which is never a token."""
+    return PoolBroken(
+        f"reading the jobserver (fd {fd}) returned end-of-file: no process"
+        " holds its write end any more, so the pool is gone"
+    )
+
+
 def read_token(fd: int) -> bytes | None:
     """Read one token byte, or None when another client got there first.
 
     Raises:
         PoolBroken: end-of-file, which is never a token.
-        BlockingIOError: never; EAGAIN is reported as None.
     """
     try:
         byte = os.read(fd, 1)
     except BlockingIOError:
         return None
     if not byte:
-        raise PoolBroken(
-            f"reading the jobserver (fd {fd}) returned end-of-file: no process"
-            " holds its write end any more, so the pool is gone"
-        )
+        raise end_of_file(fd)
     return byte
 
 

@@ -33,7 +33,8 @@ import tempfile
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from time import monotonic
 from typing import Any, Literal
 
@@ -69,7 +70,8 @@ class Token:
     """One slot of parallelism held by this process.
 
     ``byte`` is the byte read from the pool, or None for the implicit slot.
-    Give it back with :meth:`TokenPool.release` exactly once.
+    Give it back with :meth:`TokenPool.release` exactly once, or use it as a
+    context manager: ``with pool.acquire() as token:`` releases it on exit.
     """
 
     __slots__ = ("__weakref__", "_pool", "_released", "byte")
@@ -90,6 +92,29 @@ class Token:
 
     def __reduce__(self) -> Any:
         raise TypeError("a Token belongs to the process that acquired it and cannot be pickled")
+
+    def __enter__(self) -> Token:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.release(self)
+
+
+class _Slot:
+    """The context manager :meth:`TokenPool.slot` returns (a class: cheaper than a generator)."""
+
+    __slots__ = ("_pool", "_timeout", "_token")
+
+    def __init__(self, pool: TokenPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    def __enter__(self) -> Token:
+        self._token = self._pool.acquire(self._timeout)
+        return self._token
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.release(self._token)
 
 
 _live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
@@ -363,11 +388,18 @@ class TokenPool:
         """
         if self._closed:
             raise ValueError("the token pool is closed")
-        if self._implicit.acquire(blocking=False):
+        implicit = self._implicit
+        # locked() first: the implicit slot is usually out, and a failing
+        # acquire() costs several times more than the check.
+        if not implicit.locked() and implicit.acquire(False):
             return Token(self, None)
-        byte = _posix.read_token(self._reader)
-        if byte is None:
-            return None
+        # The hot path inlines _posix.read_token: this is the cost of every job.
+        try:
+            byte = os.read(self._reader, 1)
+        except BlockingIOError:
+            return None  # empty, or another client took it between poll and read
+        if not byte:
+            raise _posix.end_of_file(self._reader)
         token = Token(self, byte)
         self._held.add(token)
         return token
@@ -414,16 +446,20 @@ class TokenPool:
         self._held.discard(token)
         if self._closed:
             raise ValueError("the token pool is closed; the token could not be returned")
-        _posix.write_token(self._writer, token.byte)
-
-    @contextlib.contextmanager
-    def slot(self, timeout: float | None = None) -> Iterator[Token]:
-        """Hold one slot for the duration of a ``with`` block."""
-        token = self.acquire(timeout)
         try:
-            yield token
-        finally:
-            self.release(token)
+            os.write(self._writer, token.byte)
+        except OSError:
+            # Full or reader-less pool: write_token tries once more and, when
+            # that fails too, raises the PoolBroken that says which.
+            _posix.write_token(self._writer, token.byte)
+
+    def slot(self, timeout: float | None = None) -> AbstractContextManager[Token]:
+        """Hold one slot for the duration of a ``with`` block.
+
+        ``with pool.slot(timeout) as token:`` is ``acquire(timeout)`` on entry
+        and ``release(token)`` on exit, whatever the exit.
+        """
+        return _Slot(self, timeout)
 
     def fileno(self) -> int:
         """The fd that polls readable when a token may be available."""

@@ -600,3 +600,15 @@ def test_pickled_into_spawn_and_forkserver_children(method: str, style: str) -> 
         proc.join(60)
         assert proc.exitcode == 0
         assert pool.close() == 2
+
+
+def test_token_is_a_context_manager_that_releases() -> None:
+    with TokenPool.create(2) as pool:
+        with pool.acquire() as implicit, pool.acquire(timeout=0) as token:
+            assert implicit.implicit and token.byte == b"+"
+            assert pool.try_acquire() is None
+        assert pool.implicit_free and pool.held == 0
+        with pytest.raises(RuntimeError), pool.slot() as token:
+            raise RuntimeError("released anyway")
+        assert pool.implicit_free
+        assert pool.close() == 1
