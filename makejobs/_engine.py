@@ -255,9 +255,12 @@ def _drain_wake(fd: int) -> None:
 
 
 def _close_all(fds: list[int]) -> None:
-    for fd in fds:
+    # Empty the list before closing, for the same reason as Future._advance:
+    # a fork in between must not see numbers that are already reusable.
+    closing = list(fds)
+    fds.clear()
+    for fd in closing:
         try:
             os.close(fd)
         except OSError:
             pass
-    fds.clear()

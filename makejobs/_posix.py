@@ -34,6 +34,7 @@ __all__ = [
     "Unusable",
     "available_tokens",
     "close_quietly",
+    "combine",
     "describe_mode",
     "drain",
     "dup_cloexec",
@@ -44,6 +45,7 @@ __all__ = [
     "open_pipe_ends",
     "read_token",
     "wait_readable",
+    "wake_pipe",
     "write_token",
 ]
 
@@ -189,10 +191,29 @@ def open_new_fifo_ends(path: str) -> tuple[int, int]:
     return reader, writer
 
 
-def wait_readable(fd: int, timeout: float | None) -> bool:
-    """Wait until *fd* is readable (or hung up); False if *timeout* passed first."""
+def wake_pipe() -> tuple[int, int]:
+    """A private non-blocking, close-on-exec pipe for waking waiters in this process."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
+def combine(*fds: int) -> select.epoll | None:
+    """One pollable fd that is readable when any of *fds* is (Linux epoll), else None."""
+    if not hasattr(select, "epoll"):
+        return None
+    combined = select.epoll()  # close-on-exec by default
+    for fd in fds:
+        combined.register(fd, select.EPOLLIN)
+    return combined
+
+
+def wait_readable(fds: int | tuple[int, ...], timeout: float | None) -> bool:
+    """Wait until one of *fds* is readable (or hung up); False if *timeout* passed first."""
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    for fd in (fds,) if isinstance(fds, int) else fds:
+        poller.register(fd, select.POLLIN)
     if timeout is None:
         ms = -1
     else:

@@ -71,10 +71,14 @@ class _Process:
         self._reaped = True
         if status is not None:
             self.exitcode = os.waitstatus_to_exitcode(status)
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self.forget_pidfd(close=True)
         return True
+
+    def forget_pidfd(self, close: bool) -> None:
+        # Forget before closing: see Future._advance.
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None and close:
+            os.close(pidfd)
 
     def kill(self, signum: int) -> None:
         if not self._reaped:
@@ -288,8 +292,11 @@ class Future(Generic[T]):
             assert self._fd is not None
             if not _read_available(self._fd, self._buffer):
                 return False
-            os.close(self._fd)
-            self._fd = None
+            # Forget the fd before closing it: a job forked by another thread
+            # right after the close could get the same number for its own
+            # pipe, and its at-fork cleanup must not close that.
+            fd, self._fd = self._fd, None
+            os.close(fd)
             self._state = EXITING
         if self._state is EXITING:
             # Without a pidfd there is no fd to wait on: the pipe is closed, so
@@ -319,12 +326,16 @@ class Future(Generic[T]):
 
     def _abandon_after_fork(self) -> None:
         """In a forked child: forget a sibling job that belongs to the parent."""
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        fds = [self._fd, getattr(self._process, "_pidfd", None)]
+        self._fd = None
+        if isinstance(self._process, _Process):
+            self._process.forget_pidfd(close=False)
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self._tokens = []
         self._lock = threading.RLock()
 

@@ -100,6 +100,57 @@ class Token:
         self._pool.release(self)
 
 
+class _ImplicitSlot:
+    """This process's implicit slot, and a way for waiters to see it come back.
+
+    The implicit slot never travels through the pool's pipe, so a thread
+    blocked in poll() on that pipe would not notice another thread giving it
+    back. Giving it back therefore also leaves a byte in a private wake-up
+    pipe, which whoever takes the slot next drains. Readiness of that pipe
+    thus means "the implicit slot may be free", the same level-triggered
+    meaning the pool's pipe has for tokens.
+    """
+
+    __slots__ = ("combined", "lock", "pending", "wake_lock", "wake_r", "wake_w")
+
+    def __init__(self, reader: int) -> None:
+        self.lock = threading.Lock()
+        self.wake_lock = threading.Lock()
+        self.pending = False
+        self.wake_r, self.wake_w = _posix.wake_pipe()
+        self.combined = _posix.combine(reader, self.wake_r)
+
+    def take(self) -> bool:
+        lock = self.lock
+        # locked() first: the slot is usually out, and a failing acquire()
+        # costs several times more than the check.
+        if lock.locked() or not lock.acquire(False):
+            return False
+        if self.pending:
+            with self.wake_lock:
+                if self.pending:
+                    _posix.drain(self.wake_r)
+                    self.pending = False
+        return True
+
+    def give_back(self) -> None:
+        with self.wake_lock:
+            # Signal before releasing, so whoever takes the slot finds the
+            # byte already there to drain (no stale byte, no busy wake-ups).
+            if not self.pending:
+                self.pending = True
+                try:
+                    os.write(self.wake_w, b"\0")
+                except BlockingIOError:
+                    pass
+            self.lock.release()
+
+    def close(self) -> None:
+        if self.combined is not None:
+            self.combined.close()
+        _posix.close_quietly(self.wake_r, self.wake_w)
+
+
 class _Slot:
     """The context manager :meth:`TokenPool.slot` returns (a class: cheaper than a generator)."""
 
@@ -158,7 +209,7 @@ class TokenPool:
     _fifo_dir: str | None
     _closed: bool
     _close_result: int | None
-    _implicit: threading.Lock
+    _implicit: _ImplicitSlot
     _held: set[Token]
     _state_lock: threading.Lock
 
@@ -195,7 +246,7 @@ class TokenPool:
         self._fifo_dir = fifo_dir
         self._closed = False
         self._close_result = None
-        self._implicit = threading.Lock()
+        self._implicit = _ImplicitSlot(reader)
         self._held = set()
         self._state_lock = threading.Lock()
         _live_pools.add(self)
@@ -388,10 +439,7 @@ class TokenPool:
         """
         if self._closed:
             raise ValueError("the token pool is closed")
-        implicit = self._implicit
-        # locked() first: the implicit slot is usually out, and a failing
-        # acquire() costs several times more than the check.
-        if not implicit.locked() and implicit.acquire(False):
+        if self._implicit.take():
             return Token(self, None)
         # The hot path inlines _posix.read_token: this is the cost of every job.
         try:
@@ -420,7 +468,7 @@ class TokenPool:
             remaining = None if deadline is None else deadline - monotonic()
             if remaining is not None and remaining <= 0:
                 raise Blocked(f"no jobserver token became free within {timeout} s")
-            _posix.wait_readable(self._reader, remaining)
+            _posix.wait_readable((self._reader, self._implicit.wake_r), remaining)
             # Readable may still mean nothing for us: another client can take
             # the token between poll and read (EAGAIN), which try_acquire
             # reports as None.
@@ -441,7 +489,7 @@ class TokenPool:
             raise ValueError(f"{token!r} was already released")
         token._released = True
         if token.byte is None:
-            self._implicit.release()
+            self._implicit.give_back()
             return
         self._held.discard(token)
         if self._closed:
@@ -462,8 +510,15 @@ class TokenPool:
         return _Slot(self, timeout)
 
     def fileno(self) -> int:
-        """The fd that polls readable when a token may be available."""
-        return self._reader
+        """An fd that polls readable when a slot may be available.
+
+        On Linux it covers both the pool's tokens and this process's implicit
+        slot coming back (an epoll fd over both); elsewhere only the tokens.
+        Readable is a hint: follow it with :meth:`try_acquire`, which may
+        still find nothing when another client was faster.
+        """
+        combined = self._implicit.combined
+        return self._reader if combined is None else combined.fileno()
 
     def available(self) -> int | None:
         """Tokens waiting in the pool right now (racy; for display), if the OS says."""
@@ -472,7 +527,7 @@ class TokenPool:
     @property
     def implicit_free(self) -> bool:
         """True while this process's implicit slot is not handed out."""
-        return not self._implicit.locked()
+        return not self._implicit.lock.locked()
 
     @property
     def held(self) -> int:
@@ -554,6 +609,7 @@ class TokenPool:
                         stacklevel=2,
                     )
             _posix.close_quietly(self._reader, self._writer, *self._export_fds)
+            self._implicit.close()
             if self.owner and self._fifo_dir is not None:
                 shutil.rmtree(self._fifo_dir, ignore_errors=True)
             _live_pools.discard(self)
@@ -569,6 +625,7 @@ class TokenPool:
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
             _posix.close_quietly(self._reader, self._writer, *self._export_fds)
+            self._implicit.close()
             if self.owner and self._fifo_dir is not None:
                 shutil.rmtree(self._fifo_dir, ignore_errors=True)
 
@@ -586,8 +643,10 @@ class TokenPool:
 
     def _reset_after_fork(self) -> None:
         # The child runs on the token its parent acquired for it: that is its
-        # implicit slot. It holds nothing else and owns nothing.
-        self._implicit = threading.Lock()
+        # implicit slot. It holds nothing else and owns nothing. The wake-up
+        # pipe and epoll set are the parent's: make our own.
+        self._implicit.close()
+        self._implicit = _ImplicitSlot(self._reader)
         self._state_lock = threading.Lock()
         self._held = set()
         self.owner = False

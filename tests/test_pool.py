@@ -612,3 +612,30 @@ def test_token_is_a_context_manager_that_releases() -> None:
             raise RuntimeError("released anyway")
         assert pool.implicit_free
         assert pool.close() == 1
+
+
+def test_a_waiter_sees_the_implicit_slot_come_back() -> None:
+    """The implicit slot never passes through the pipe; waiters must still wake for it."""
+    with TokenPool.create(1) as pool:
+        first = pool.acquire()
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.acquire(timeout=30)))
+        waiter.start()
+        pool.release(first)  # whether the waiter is already polling or not, it must get it
+        waiter.join(30)
+        assert not waiter.is_alive()
+        assert len(got) == 1 and getattr(got[0], "implicit", False)
+
+
+def test_fileno_is_readable_when_the_implicit_slot_is_free() -> None:
+    import select
+
+    with TokenPool.create(1) as pool:
+        token = pool.acquire()
+        assert select.select([pool.fileno()], [], [], 0)[0] == []
+        pool.release(token)
+        assert select.select([pool.fileno()], [], [], 0)[0] == [pool.fileno()]
+        again = pool.try_acquire()
+        assert again is not None and again.implicit
+        assert select.select([pool.fileno()], [], [], 0)[0] == []  # no stale wake-up
+        pool.release(again)
