@@ -439,7 +439,9 @@ class TokenPool:
         """
         if self._closed:
             raise ValueError("the token pool is closed")
-        if self._implicit.take():
+        implicit = self._implicit
+        # The implicit slot is usually out: test that inline, it is the hot path.
+        if not implicit.lock.locked() and implicit.take():
             return Token(self, None)
         # The hot path inlines _posix.read_token: this is the cost of every job.
         try:
