@@ -154,7 +154,7 @@ class _Worker:
         self.inbox = bytearray()
         self.outbox = bytearray()
         self.task: _Task | None = None
-        self.ready = False  # it finished its initializer (first frame or first task)
+        self.tasks_done = 0  # a worker with max_tasks_per_child exits by itself
 
     def close_pipes(self) -> None:
         for fd in (self.task_w, self.result_r):
@@ -545,7 +545,13 @@ class JobserverExecutor(Executor):
                 ),
             )
         if kind == _INIT_FAILED:
-            self._break(f"a worker's initializer raised:\n{payload}")
+            reason = f"a worker's initializer raised:\n{payload}"
+            self._break(reason)
+            task = worker.task
+            if task is not None:
+                worker.task = None
+                self._finish(task)
+                task.future.set_exception(BrokenProcessPool(reason))
             return
         task = worker.task
         if task is None or (task_id != task.id and task_id != -2):
@@ -557,6 +563,9 @@ class JobserverExecutor(Executor):
         else:
             exc, text = payload
             task.future.set_exception(_child.attach_traceback(exc, text))
+        worker.tasks_done += 1
+        if self._max_tasks is not None and worker.tasks_done >= self._max_tasks:
+            return  # it exits by itself; its end-of-file cleans up
         if not self._shutdown or self._pending:
             self._idle.append(worker)
         else:
