@@ -134,12 +134,22 @@ def run_job(
         kind, payload = _outcome(fn, args, kwargs, preexec_fn)
     except BaseException as e:
         kind, payload = DIED, _died(e)
+    # Tokens the job took and forgot are returned, not lost for the whole build.
+    _return_leftover_tokens()
     # A job that ended its process on purpose exits as it asked, after saying why.
     code = payload[1] if kind == DIED else 0
     _write_all(result_fd, _frame(kind, payload))
     with contextlib.suppress(OSError):
         os.close(result_fd)
     return code
+
+
+def _return_leftover_tokens() -> None:
+    from .pool import live_pools
+
+    for pool in live_pools():
+        with contextlib.suppress(Exception):
+            pool.return_held("a job ended")
 
 
 class ResultFd:

@@ -232,7 +232,7 @@ class JobserverExecutor(Executor):
             self._pool = jobserver.pool
             self._owns_pool = False
         else:
-            self._pool = default_pool(stacklevel=3)
+            self._pool = default_pool(stacklevel=2)
             self._owns_pool = True
         if max_workers is None:
             max_workers = self._pool.slots or usable_cpus()

@@ -173,7 +173,7 @@ class Jobserver:
         self._sleep_fn = sleep_fn
         self._owns_pool = pool is None
         if pool is None:
-            pool = default_pool(slots, stacklevel=3)
+            pool = default_pool(slots, stacklevel=2)
         elif not isinstance(pool, TokenPool):
             raise TypeError(f"pool must be a TokenPool, not {type(pool).__name__}")
         self._pool = pool

@@ -64,6 +64,11 @@ _NO_PLUS_HINT = (
     "the parent make rule probably lacks '+' (or does not mention $(MAKE)), so make"
     " closed the jobserver fds for this command; add '+' to the recipe line"
 )
+_CLOSED_FDS_HINT = (
+    _NO_PLUS_HINT + ". If the parent is a Python program, it must hand the fds on:"
+    " subprocess closes them unless they are in pass_fds (use TokenPool.run()/popen(),"
+    " or pass_fds=pool.pass_fds)"
+)
 
 
 class Token:
@@ -171,6 +176,11 @@ class _Slot:
 _live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
 
 
+def live_pools() -> list[TokenPool]:
+    """Every open pool handle of this process."""
+    return [pool for pool in list(_live_pools) if not pool._closed]
+
+
 def _after_fork_in_child() -> None:
     for pool in list(_live_pools):
         pool._reset_after_fork()
@@ -209,6 +219,8 @@ class TokenPool:
     _fifo_dir: str | None
     _closed: bool
     _close_result: int | None
+    _users: int
+    _source_auth: PipeAuth | FifoAuth
     _implicit: _ImplicitSlot
     _held: set[Token]
     _state_lock: threading.Lock
@@ -232,6 +244,7 @@ class TokenPool:
         flags: MakeFlags | None = None,
         variable: str | None = None,
         fifo_dir: str | None = None,
+        source_auth: PipeAuth | FifoAuth | None = None,
     ) -> TokenPool:
         self = object.__new__(cls)
         self.style = style
@@ -246,6 +259,9 @@ class TokenPool:
         self._fifo_dir = fifo_dir
         self._closed = False
         self._close_result = None
+        self._users = 1
+        # What this handle was joined from, to find it again (see _shared_handle).
+        self._source_auth = auth if source_auth is None else source_auth
         self._implicit = _ImplicitSlot(reader)
         self._held = set()
         self._state_lock = threading.Lock()
@@ -261,7 +277,10 @@ class TokenPool:
 
         Returns:
             The joined pool, or None when no variable advertises one (this
-            process was not started by a parallel make, ninja or cargo).
+            process was not started by a parallel make, ninja or cargo). If
+            this process already has the pool open, that same handle is
+            returned (each :meth:`close` then undoes one join), so the
+            process never gets two implicit slots.
 
         Raises:
             JobserverUnavailable: a pool is advertised but cannot be used: make
@@ -304,13 +323,16 @@ class TokenPool:
         auth = flags.auth
         if auth is None:
             raise JobserverUnavailable("no --jobserver-auth option found", variable=variable)
+        shared = _shared_handle(auth)
+        if shared is not None:
+            return shared
         if isinstance(auth, PipeAuth):
             try:
                 reader, writer, _private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
             except _posix.Unusable as e:
+                hint = _CLOSED_FDS_HINT if "not open" in str(e) else _NO_PLUS_HINT
                 raise JobserverUnavailable(
-                    f"cannot use the jobserver pipe {auth.read_fd},{auth.write_fd}: {e}; "
-                    + _NO_PLUS_HINT,
+                    f"cannot use the jobserver pipe {auth.read_fd},{auth.write_fd}: {e}; {hint}",
                     variable=variable,
                 ) from None
             # Copies of the inherited numbers, close-on-exec, that we hand to
@@ -326,6 +348,7 @@ class TokenPool:
                 owner=False,
                 flags=flags,
                 variable=variable,
+                source_auth=auth,
             )
         try:
             reader, writer = _posix.open_fifo_ends(auth.path)
@@ -587,16 +610,10 @@ class TokenPool:
         with self._state_lock:
             if self._closed:
                 return self._close_result
-            held = list(self._held)
-            if held:
-                warnings.warn(
-                    f"closing a token pool while holding {len(held)} token(s); returning them",
-                    ResourceWarning,
-                    stacklevel=2,
-                )
-                for token in held:
-                    with contextlib.suppress(PoolBroken):
-                        self.release(token)
+            if self._users > 1:
+                self._users -= 1  # another from_environ() caller still uses this handle
+                return self._close_result
+            self.return_held("closing a token pool", stacklevel=3)
             self._closed = True
             result = None
             if self.owner and self.slots is not None:
@@ -617,6 +634,26 @@ class TokenPool:
             _live_pools.discard(self)
             self._close_result = result
             return result
+
+    def return_held(self, why: str, *, stacklevel: int = 2) -> int:
+        """Write back every token this process still holds, with a ResourceWarning.
+
+        A safety net for paths where the holder is gone (a job function that
+        returned without releasing, a pool being closed): the tokens go back
+        instead of being lost for the rest of the build. Returns how many.
+        """
+        held = list(self._held)
+        if held:
+            warnings.warn(
+                f"{why} while holding {len(held)} token(s); returning them",
+                ResourceWarning,
+                stacklevel=stacklevel,
+            )
+            for token in held:
+                if not token._released:
+                    with contextlib.suppress(PoolBroken, ValueError):
+                        self.release(token)
+        return len(held)
 
     def __enter__(self) -> TokenPool:
         return self
@@ -714,6 +751,23 @@ def _rebuild_fifo(
         flags=flags,
         variable=variable,
     )
+
+
+def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
+    """The live pool of this process for *auth*, if there is one.
+
+    A process has one implicit slot, whatever number of handles it opens on a
+    pool: joining a pool this process already holds (say, a Jobserver job
+    calling from_environ() on the pool its parent exported to it) returns the
+    same handle, counted, instead of a second one with a second implicit slot.
+    """
+    for pool in list(_live_pools):
+        if not pool._closed and auth in (pool.auth, pool._source_auth):
+            with pool._state_lock:
+                if not pool._closed:
+                    pool._users += 1
+                    return pool
+    return None
 
 
 def _fifo_parent() -> str:

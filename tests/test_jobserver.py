@@ -85,10 +85,24 @@ def join_pool_from_job() -> tuple[str, bool, bool]:
     pool = TokenPool.from_environ()
     assert pool is not None
     first = pool.try_acquire()
-    second = pool.try_acquire()
-    result = (os.environ["MAKEFLAGS"], first is not None and first.implicit, second is None)
+    second = pool.try_acquire()  # a real token: the pool has two, the job holds neither
+    result = (
+        os.environ["MAKEFLAGS"],
+        first is not None and first.implicit,
+        second is not None and not second.implicit,
+    )
+    for token in (first, second):
+        if token is not None:
+            pool.release(token)
     pool.close()
     return result
+
+
+def job_forgets_a_token() -> bool:
+    pool = TokenPool.from_environ()
+    assert pool is not None
+    pool.try_acquire()  # the implicit slot
+    return pool.try_acquire() is not None  # a real token, never released
 
 
 def big_result(size: int) -> bytes:
@@ -406,10 +420,12 @@ def test_preexec_fn_and_context_manager(tmp_path: Path) -> None:
 def test_jobs_environment_exports_the_pool(style: str) -> None:
     pool = TokenPool.create(3, style=style)  # type: ignore[arg-type]
     with Jobserver(FAST, pool=pool) as js:
-        makeflags, implicit_first, nothing_more = js.submit(join_pool_from_job).result()
+        makeflags, implicit_first, then_a_token = js.submit(join_pool_from_job).result()
         assert parse_makeflags(makeflags).auth == pool.auth
         assert implicit_first  # the job's slot is its implicit slot
-        assert not nothing_more or pool.available() == 2
+        assert then_a_token
+        # A job that returns holding a token gives it back (with a ResourceWarning).
+        assert js.submit(job_forgets_a_token).result() is True
     assert pool.close() == 2
 
 
@@ -544,8 +560,8 @@ def test_slots_none_joins_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         for name, value in pool.environ({}).items():
             monkeypatch.setenv(name, value)
         with Jobserver(FAST) as js:
-            assert not js.pool.owner and js.pool.flags is not None
-            assert js.pool.flags.auth == pool.auth
+            # This process holds that pool already: one handle, one implicit slot.
+            assert js.pool is pool
             spans = [f.result() for f in [js.submit(span, (0.15,)) for _ in range(5)]]
         assert peak_overlap(spans) == 3
         assert pool.close() == 2
@@ -573,3 +589,22 @@ def test_slots_none_without_a_pool_uses_the_cpus(monkeypatch: pytest.MonkeyPatch
 def test_default_context_is_multiprocessing_default() -> None:
     with Jobserver(slots=1) as js:
         assert js.context.get_start_method() == multiprocessing.get_start_method()
+
+
+def job_joins_twice() -> tuple[bool, bool]:
+    first = TokenPool.from_environ()
+    second = TokenPool.from_environ()
+    assert first is not None and second is not None
+    implicit = first.try_acquire()
+    another = second.try_acquire()
+    return (
+        first is second and implicit is not None and implicit.implicit,
+        another is None or not another.implicit,
+    )
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_job_joining_its_pool_gets_one_implicit_slot(method: str) -> None:
+    with Jobserver(method, slots=1) as js:
+        same, no_second_implicit = js.submit(job_joins_twice).result(timeout=60)
+    assert same and no_second_implicit

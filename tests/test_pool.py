@@ -639,3 +639,27 @@ def test_fileno_is_readable_when_the_implicit_slot_is_free() -> None:
         assert again is not None and again.implicit
         assert select.select([pool.fileno()], [], [], 0)[0] == []  # no stale wake-up
         pool.release(again)
+
+
+def test_joining_a_pool_this_process_holds_returns_the_same_handle(
+    make_pipe: tuple[int, int, str],
+) -> None:
+    """One process, one implicit slot, however many times it joins."""
+    _r, _w, flags = make_pipe
+    first = TokenPool.from_environ({"MAKEFLAGS": flags})
+    second = TokenPool.from_environ({"MAKEFLAGS": flags})
+    assert first is second and first is not None
+    # Also through what it exports: a child forked from here sees these numbers.
+    third = TokenPool.from_environ(first.environ({}))
+    assert third is first
+    implicit = first.acquire(timeout=0)
+    assert implicit.implicit and second.acquire(timeout=0).byte is not None
+    first.release(implicit)
+    assert first.close() is None and not first.closed
+    assert second.close() is None and not first.closed
+    with pytest.warns(ResourceWarning):
+        third.close()  # the last user closes for real, returning what is still held
+    assert first.closed
+    fresh = TokenPool.from_environ({"MAKEFLAGS": flags})
+    assert fresh is not first and fresh is not None
+    fresh.close()
