@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import warnings
@@ -36,7 +37,7 @@ import weakref
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from time import monotonic
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _posix
 from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
@@ -48,6 +49,9 @@ from .protocol import (
     parse_makeflags,
     replace_auth,
 )
+
+if TYPE_CHECKING:
+    from .process import JobPopen
 
 __all__ = ["ENVIRON_VARIABLES", "Style", "Token", "TokenPool"]
 
@@ -533,6 +537,52 @@ class TokenPool:
         and ``release(token)`` on exit, whatever the exit.
         """
         return _Slot(self, timeout)
+
+    # -- asyncio and subprocesses (implemented in makejobs.aio / makejobs.process,
+    #    which sit above this module: imported when first used) -------------------
+
+    async def acquire_async(self, timeout: float | None = None) -> Token:
+        """Take a slot without blocking the running asyncio event loop.
+
+        See :func:`makejobs.aio.acquire`: the loop's reader on :meth:`fileno`
+        wakes the waiter (no thread, no polling), waiters are served in order,
+        and a cancelled waiter never loses a token.
+
+        Raises:
+            Blocked: no slot within *timeout*.
+            PoolBroken: the pool returned end-of-file.
+            ValueError: the pool is closed.
+        """
+        from . import aio
+
+        return await aio.acquire(self, timeout)
+
+    def slot_async(
+        self, timeout: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Token]:
+        """``async with pool.slot_async(timeout) as token:`` (see :func:`makejobs.aio.slot`)."""
+        from . import aio
+
+        return aio.slot(self, timeout)
+
+    def popen(self, args: Any, **kwargs: Any) -> JobPopen:
+        """``subprocess.Popen(args, **kwargs)`` on one slot, with this pool exported to it.
+
+        See :func:`makejobs.process.popen`: the slot is held until the process
+        is reaped; ``slot_timeout=`` bounds the wait for it.
+        """
+        from . import process
+
+        return process.popen(self, args, **kwargs)
+
+    def run(self, args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """``subprocess.run(args, **kwargs)`` holding one slot for the life of the process.
+
+        See :func:`makejobs.process.run` (``slot_timeout=`` bounds the wait for the slot).
+        """
+        from . import process
+
+        return process.run(self, args, **kwargs)
 
     def fileno(self) -> int:
         """An fd that polls readable when a slot may be available.
