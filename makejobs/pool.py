@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import _posix
 from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
+from .ledger import LEDGER_VARIABLE, Ledger, Record
 from .protocol import (
     FifoAuth,
     MakeFlags,
@@ -225,6 +226,10 @@ class TokenPool:
     _close_result: int | None
     _users: int
     _source_auth: PipeAuth | FifoAuth
+    _ledger: Ledger | None
+    _ledger_path: str | None
+    _record: Record | None
+    _inherited_records: list[int]
     _implicit: _ImplicitSlot
     _held: set[Token]
     _state_lock: threading.Lock
@@ -249,6 +254,9 @@ class TokenPool:
         variable: str | None = None,
         fifo_dir: str | None = None,
         source_auth: PipeAuth | FifoAuth | None = None,
+        ledger: Ledger | None = None,
+        ledger_path: str | None = None,
+        inherited_records: tuple[int, ...] = (),
     ) -> TokenPool:
         self = object.__new__(cls)
         self.style = style
@@ -269,6 +277,13 @@ class TokenPool:
         self._implicit = _ImplicitSlot(reader)
         self._held = set()
         self._state_lock = threading.Lock()
+        # Token ledger (see makejobs.ledger): the creator's directory, and this
+        # process's record in it, opened when it first holds a token.
+        self._ledger = ledger
+        self._ledger_path = ledger.path if ledger is not None else ledger_path
+        self._record = None
+        # Records of ancestors, kept open so their locks show we are alive.
+        self._inherited_records = list(inherited_records)
         _live_pools.add(self)
         return self
 
@@ -299,12 +314,19 @@ class TokenPool:
                 continue
             flags = parse_makeflags(value)
             if flags.advertises_pool():
-                return cls.from_makeflags(flags, variable=variable)
+                return cls.from_makeflags(
+                    flags, variable=variable, ledger=env.get(LEDGER_VARIABLE) or None
+                )
         return None
 
     @classmethod
-    def from_makeflags(cls, flags: MakeFlags | str, *, variable: str | None = None) -> TokenPool:
+    def from_makeflags(
+        cls, flags: MakeFlags | str, *, variable: str | None = None, ledger: str | None = None
+    ) -> TokenPool:
         """Join the pool described by an already parsed (or raw) MAKEFLAGS value.
+
+        *ledger* is the creator's token ledger directory (``MAKEJOBS_LEDGER``),
+        used only if it names this very pool.
 
         Raises:
             JobserverUnavailable: as for :meth:`from_environ`; also when *flags*
@@ -353,6 +375,7 @@ class TokenPool:
                 flags=flags,
                 variable=variable,
                 source_auth=auth,
+                ledger_path=ledger,
             )
         try:
             reader, writer = _posix.open_fifo_ends(auth.path)
@@ -370,10 +393,13 @@ class TokenPool:
             owner=False,
             flags=flags,
             variable=variable,
+            ledger_path=ledger,
         )
 
     @classmethod
-    def create(cls, slots: int, *, style: Style = "pipe", dir: str | None = None) -> TokenPool:
+    def create(
+        cls, slots: int, *, style: Style = "pipe", dir: str | None = None, ledger: bool = False
+    ) -> TokenPool:
         """Create a Make-compatible pool of total parallelism *slots*.
 
         Like make, the pool holds ``slots - 1`` tokens; the creator's implicit
@@ -384,6 +410,10 @@ class TokenPool:
         A fifo is made mode 0600 in a private directory (under *dir*, default
         the temporary directory) and removed by :meth:`close`.
 
+        With *ledger*, makejobs clients of the pool record the tokens they
+        hold, so :meth:`recover` can give back those of clients that were
+        killed (see :mod:`makejobs.ledger` for exactly when that is sound).
+
         Raises:
             TypeError, ValueError: bad *slots* or *style*; ValueError also when
                 the pipe cannot hold that many tokens (never a hang).
@@ -393,10 +423,19 @@ class TokenPool:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, not {slots}")
         if style == "pipe":
-            return cls._create_pipe(slots)
-        if style == "fifo":
-            return cls._create_fifo(slots, dir)
-        raise ValueError(f"style must be 'pipe' or 'fifo', not {style!r}")
+            pool = cls._create_pipe(slots)
+        elif style == "fifo":
+            pool = cls._create_fifo(slots, dir)
+        else:
+            raise ValueError(f"style must be 'pipe' or 'fifo', not {style!r}")
+        if ledger:
+            try:
+                pool._ledger = Ledger.create(pool._reader, dir=pool._fifo_dir)
+            except BaseException:
+                pool.close()
+                raise
+            pool._ledger_path = pool._ledger.path
+        return pool
 
     @classmethod
     def _create_pipe(cls, slots: int) -> TokenPool:
@@ -479,6 +518,8 @@ class TokenPool:
             raise _posix.end_of_file(self._reader)
         token = Token(self, byte)
         self._held.add(token)
+        if self._ledger_path is not None:
+            self._note_held(1)
         return token
 
     def acquire(self, timeout: float | None = None) -> Token:
@@ -523,6 +564,8 @@ class TokenPool:
         self._held.discard(token)
         if self._closed:
             raise ValueError("the token pool is closed; the token could not be returned")
+        if self._record is not None:
+            self._record.add(-1)  # before the write: a death in between loses, never doubles
         try:
             os.write(self._writer, token.byte)
         except OSError:
@@ -613,8 +656,41 @@ class TokenPool:
 
     @property
     def pass_fds(self) -> tuple[int, ...]:
-        """The fds a child must inherit to join (pipe style); empty for a fifo."""
-        return self._export_fds
+        """The fds a child must inherit: the pool's (pipe style) and, with a token
+        ledger, the records whose locks must outlive us while the child runs."""
+        if self._record is None and not self._inherited_records:
+            return self._export_fds
+        records = [] if self._record is None else [self._record.fd]
+        return (*self._export_fds, *records, *self._inherited_records)
+
+    def _note_held(self, delta: int) -> None:
+        """Count a token in this process's ledger record (opened on first use)."""
+        record = self._record
+        if record is None:
+            with self._state_lock:
+                record = self._record
+                if record is None and self._ledger_path is not None:
+                    record = self._record = Record.open(self._ledger_path, self._reader)
+                    if record is None:
+                        self._ledger_path = None  # not this pool's ledger: stop trying
+        if record is not None:
+            record.add(delta)
+
+    def recover(self) -> int:
+        """Give back the tokens of ledger records whose holders are all gone.
+
+        Only the creator of a pool made with ``ledger=True`` can recover, and
+        only soundly when no orphaned descendant of a dead holder can still be
+        running (``makejobs serve`` ensures that; see :mod:`makejobs.ledger`).
+
+        Returns:
+            How many tokens were written back.
+        """
+        if self._ledger is None or not self.owner:
+            raise ValueError("only the creator of a pool with a ledger can recover tokens")
+        if self._closed:
+            raise ValueError("the token pool is closed")
+        return self._ledger.recover(lambda n: _posix.fill(self._writer, n, TOKEN_BYTE))
 
     def makeflags(self) -> str:
         """A fresh ``MAKEFLAGS`` value advertising this pool."""
@@ -630,6 +706,10 @@ class TokenPool:
         every other fd).
         """
         env = dict(os.environ if base is None else base)
+        if self._ledger_path is not None:
+            env[LEDGER_VARIABLE] = self._ledger_path
+        else:
+            env.pop(LEDGER_VARIABLE, None)  # some other pool's ledger
         for variable in ("MAKEFLAGS", "MFLAGS"):
             value = env.get(variable)
             if value:
@@ -679,11 +759,21 @@ class TokenPool:
                     )
             _posix.close_quietly(self._reader, self._writer, *self._export_fds)
             self._implicit.close()
+            self._close_ledger()
             if self.owner and self._fifo_dir is not None:
                 shutil.rmtree(self._fifo_dir, ignore_errors=True)
             _live_pools.discard(self)
             self._close_result = result
             return result
+
+    def _close_ledger(self) -> None:
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+        _posix.close_quietly(*self._inherited_records)
+        self._inherited_records = []
+        if self.owner and self._ledger is not None:
+            self._ledger.close()
 
     def return_held(self, why: str, *, stacklevel: int = 2) -> int:
         """Write back every token this process still holds, with a ResourceWarning.
@@ -715,6 +805,7 @@ class TokenPool:
         if not getattr(self, "_closed", True):
             _posix.close_quietly(self._reader, self._writer, *self._export_fds)
             self._implicit.close()
+            self._close_ledger()
             if self.owner and self._fifo_dir is not None:
                 shutil.rmtree(self._fifo_dir, ignore_errors=True)
 
@@ -739,36 +830,40 @@ class TokenPool:
         self._state_lock = threading.Lock()
         self._held = set()
         self.owner = False
+        # Our parent's ledger record stays open here: its lock says that a
+        # process running on the parent's tokens is still alive.
+        if self._record is not None:
+            self._inherited_records.append(self._record.fd)
+            self._record = None
 
     def __reduce__(self) -> Any:
         if self._closed:
             raise ValueError("cannot pickle a closed token pool")
-        if isinstance(self.auth, FifoAuth):
-            return (_rebuild_fifo, (self.auth.path, self.slots, self.flags, self.variable))
         from multiprocessing.reduction import DupFd
 
-        return (
-            _rebuild_pipe,
-            (
-                DupFd(self._export_fds[0]),
-                DupFd(self._export_fds[1]),
-                self.slots,
-                self.flags,
-                self.variable,
-            ),
-        )
+        records = [] if self._record is None else [self._record.fd]
+        state = {
+            "slots": self.slots,
+            "flags": self.flags,
+            "variable": self.variable,
+            "ledger": self._ledger_path,
+            # A spawned child holds our record's lock as a forked one would.
+            "records": [DupFd(fd) for fd in (*records, *self._inherited_records)],
+        }
+        if isinstance(self.auth, FifoAuth):
+            return (_rebuild_fifo, (self.auth.path, state))
+        return (_rebuild_pipe, (DupFd(self._export_fds[0]), DupFd(self._export_fds[1]), state))
 
 
-def _rebuild_pipe(
-    read: Any, write: Any, slots: int | None, flags: MakeFlags | None, variable: str | None
-) -> TokenPool:
+def _rebuild_pipe(read: Any, write: Any, state: dict[str, Any]) -> TokenPool:
     r, w = read.detach(), write.detach()
     os.set_inheritable(r, False)
     os.set_inheritable(w, False)
+    records = _detach_records(state)
     try:
         reader, writer, _private = _posix.open_pipe_ends(r, w)
     except _posix.Unusable as e:
-        _posix.close_quietly(r, w)
+        _posix.close_quietly(r, w, *records)
         raise JobserverUnavailable(f"cannot use the pickled jobserver pipe: {e}") from None
     return TokenPool._new(
         style="pipe",
@@ -776,19 +871,21 @@ def _rebuild_pipe(
         writer=writer,
         auth=PipeAuth(r, w),
         export_fds=(r, w),
-        slots=slots,
+        slots=state["slots"],
         owner=False,
-        flags=flags,
-        variable=variable,
+        flags=state["flags"],
+        variable=state["variable"],
+        ledger_path=state["ledger"],
+        inherited_records=records,
     )
 
 
-def _rebuild_fifo(
-    path: str, slots: int | None, flags: MakeFlags | None, variable: str | None
-) -> TokenPool:
+def _rebuild_fifo(path: str, state: dict[str, Any]) -> TokenPool:
+    records = _detach_records(state)
     try:
         reader, writer = _posix.open_fifo_ends(path)
     except _posix.Unusable as e:
+        _posix.close_quietly(*records)
         raise JobserverUnavailable(f"cannot use the jobserver: {e}") from None
     return TokenPool._new(
         style="fifo",
@@ -796,11 +893,20 @@ def _rebuild_fifo(
         writer=writer,
         auth=FifoAuth(path),
         export_fds=(),
-        slots=slots,
+        slots=state["slots"],
         owner=False,
-        flags=flags,
-        variable=variable,
+        flags=state["flags"],
+        variable=state["variable"],
+        ledger_path=state["ledger"],
+        inherited_records=records,
     )
+
+
+def _detach_records(state: dict[str, Any]) -> tuple[int, ...]:
+    records = tuple(int(dup.detach()) for dup in state["records"])
+    for fd in records:
+        os.set_inheritable(fd, False)
+    return records
 
 
 def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
