@@ -13,20 +13,62 @@ Layers, lowest first (a module imports only from layers below it):
 
 from __future__ import annotations
 
-from .errors import (
-    Blocked,
-    CallbackRaised,
-    JobserverUnavailable,
-    PoolBroken,
-    RemoteTraceback,
-    SubmissionDied,
-    TokenCountWarning,
-)
-from .executor import JobserverExecutor
-from .future import Future
-from .jobserver import Jobserver, usable_cpus
-from .pool import Token, TokenPool
-from .protocol import FifoAuth, MakeFlags, PipeAuth, format_makeflags, parse_makeflags
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import (
+        Blocked,
+        CallbackRaised,
+        JobserverUnavailable,
+        PoolBroken,
+        RemoteTraceback,
+        SubmissionDied,
+        TokenCountWarning,
+    )
+    from .executor import JobserverExecutor
+    from .future import Future
+    from .jobserver import Jobserver, usable_cpus
+    from .pool import Token, TokenPool
+    from .protocol import FifoAuth, MakeFlags, PipeAuth, format_makeflags, parse_makeflags
+
+# Names are imported on first use (PEP 562): a spawned job that needs only the
+# pool and the child side must not pay for importing the executor and
+# concurrent.futures on every start.
+_WHERE = {
+    "Blocked": "errors",
+    "CallbackRaised": "errors",
+    "JobserverUnavailable": "errors",
+    "PoolBroken": "errors",
+    "RemoteTraceback": "errors",
+    "SubmissionDied": "errors",
+    "TokenCountWarning": "errors",
+    "JobserverExecutor": "executor",
+    "Future": "future",
+    "Jobserver": "jobserver",
+    "usable_cpus": "jobserver",
+    "Token": "pool",
+    "TokenPool": "pool",
+    "FifoAuth": "protocol",
+    "MakeFlags": "protocol",
+    "PipeAuth": "protocol",
+    "format_makeflags": "protocol",
+    "parse_makeflags": "protocol",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'makejobs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

@@ -98,18 +98,35 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def apply_environment(env: Env, pool: TokenPool | None) -> None:
+#: The variables through which a job's children find the pool.
+EXPORTED = ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")
+#: ``(name, value)`` pairs for EXPORTED, computed by the parent (see Jobserver._exports).
+Exports = tuple[tuple[str, str], ...]
+
+
+def pool_exports(pool: TokenPool) -> Exports:
+    """The EXPORTED values that advertise *pool*, given this process's environment."""
+    exported = pool.environ(os.environ)
+    return tuple((name, exported[name]) for name in EXPORTED if name in exported)
+
+
+def apply_environment(env: Env, pool: TokenPool | None, exports: Exports | None = None) -> None:
     """Export *pool* to this process's environment, then apply the user's *env* diff.
+
+    *exports* are the variables advertising *pool* when the parent computed
+    them already (Jobserver does: parsing and formatting MAKEFLAGS in a freshly
+    forked child costs every job a few hundred microseconds of copy-on-write
+    page faults); None computes them here.
 
     Afterwards anything this job starts (``make``, ``ninja``, ``cargo``, another
     makejobs program) joins the same pool, with this job's slot as its
     implicit slot.
     """
     if pool is not None:
-        exported = pool.environ(os.environ)
-        for name in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS"):
-            if name in exported:
-                os.environ[name] = exported[name]
+        if exports is None:
+            exports = pool_exports(pool)
+        for variable, text in exports:
+            os.environ[variable] = text
         for fd in pool.pass_fds:
             os.set_inheritable(fd, True)
     for name, value in env:
@@ -127,10 +144,11 @@ def run_job(
     env: Env,
     preexec_fn: Callable[[], Any] | None,
     pool: TokenPool | None,
+    exports: Exports | None = None,
 ) -> int:
     """Run one job in this (child) process; return the exit code to use."""
     try:
-        apply_environment(env, pool)
+        apply_environment(env, pool, exports)
         kind, payload = _outcome(fn, args, kwargs, preexec_fn)
     except BaseException as e:
         kind, payload = DIED, _died(e)
@@ -153,12 +171,31 @@ def _return_leftover_tokens() -> None:
 
 
 class ResultFd:
-    """A picklable handle on the write end of a result pipe, for spawn children."""
+    """A picklable handle on the write end of a result pipe, for spawn/forkserver children.
+
+    The fd travels with the process while multiprocessing pickles it (spawn:
+    inherited by the new process; forkserver: sent along with the request),
+    never through multiprocessing's resource sharer. Through the sharer, a
+    child that dies before unpickling its job would leave a copy of the write
+    end open in this process forever (its future would never complete), and
+    every child would pay for an HMAC handshake (importing hashlib/OpenSSL).
+    """
 
     def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._dup: Any = None
+
+    def __getstate__(self) -> object:
+        from multiprocessing import context
         from multiprocessing.reduction import DupFd
 
-        self._dup = DupFd(fd)
+        if context.get_spawning_popen() is None:
+            raise TypeError("a ResultFd can only be pickled while starting a process")
+        return DupFd(self._fd)
+
+    def __setstate__(self, dup: Any) -> None:
+        self._fd = -1
+        self._dup = dup
 
     def detach(self) -> int:
         fd: int = self._dup.detach()
@@ -173,11 +210,12 @@ def spawned_main(
     env: Env,
     preexec_fn: Callable[[], Any] | None,
     pool: TokenPool | None,
+    exports: Exports | None = None,
 ) -> None:
     """Entry point of a job started through a multiprocessing context."""
     fd = result.detach()
     os.set_inheritable(fd, False)  # exec'd grandchildren must not pin the pipe
-    code = run_job(fd, fn, args, kwargs, env, preexec_fn, pool)
+    code = run_job(fd, fn, args, kwargs, env, preexec_fn, pool, exports)
     if code:
         sys.exit(code)
 

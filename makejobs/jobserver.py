@@ -49,7 +49,13 @@ EnvLike = Union[Mapping[str, Union[str, None]], Iterable[tuple[str, Union[str, N
 #: ``sleep_fn=``: None admits now; a number asks again after that many seconds.
 SleepFn = Callable[[], Union[float, int, None]]
 
-_BLOCKED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_BLOCKED_SIGNALS = {int(signal.SIGINT), int(signal.SIGTERM)}
+# The C function (ints in, a set of ints out): signal.pthread_sigmask wraps it and
+# builds a set of Signals enums, which in a freshly forked child is mostly
+# copy-on-write page faults.
+_sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
+    sys.modules.get("_signal"), "pthread_sigmask", signal.pthread_sigmask
+)
 
 
 def usable_cpus() -> int:
@@ -179,6 +185,8 @@ class Jobserver:
         self._pool = pool
         self._engine = Engine(pool)
         self._closed = False
+        # (values of _child.EXPORTED here, the exports they give), see _exports().
+        self._exports_cache: tuple[tuple[str | None, ...], _child.Exports] | None = None
 
     # -- properties ---------------------------------------------------------------------
 
@@ -287,6 +295,15 @@ class Jobserver:
                 engine.release(token)
             raise
 
+    def _exports(self) -> _child.Exports:
+        """What a job exports to advertise the pool, recomputed only when this
+        process's MAKEFLAGS/MFLAGS/CARGO_MAKEFLAGS change."""
+        key = tuple(os.environ.get(name) for name in _child.EXPORTED)
+        cached = self._exports_cache
+        if cached is None or cached[0] != key:
+            cached = self._exports_cache = (key, _child.pool_exports(self._pool))
+        return cached[1]
+
     def _launch(
         self,
         fn: Callable[..., Any],
@@ -297,15 +314,16 @@ class Jobserver:
         tokens: list[Token],
     ) -> Future[Any]:
         engine = self._engine
+        exports = self._exports()
         r, w = os.pipe()
         try:
             with engine.spawn_lock:
                 if self._method == "fork":
                     process: _Process | _MultiprocessingProcess = self._fork(
-                        r, w, fn, args, kwargs, env, preexec_fn
+                        r, w, fn, args, kwargs, env, preexec_fn, exports
                     )
                 else:
-                    process = self._start(w, fn, args, kwargs, env, preexec_fn)
+                    process = self._start(w, fn, args, kwargs, env, preexec_fn, exports)
                 # Close our copy of the write end before any other job starts,
                 # so end-of-file means exactly "this job's process is done".
                 os.close(w)
@@ -329,25 +347,28 @@ class Jobserver:
         kwargs: dict[str, Any],
         env: _child.Env,
         preexec_fn: Callable[[], Any] | None,
+        exports: _child.Exports,
     ) -> _Process:
         _flush_std_streams()
         # Hold off SIGINT/SIGTERM until the job is registered: a KeyboardInterrupt
         # between fork and bookkeeping would orphan a process holding our token.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)
+        old_mask = _sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
                 code = 1
                 try:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                    _sigmask(signal.SIG_SETMASK, old_mask)
                     os.close(r)
-                    code = _child.run_job(w, fn, args, kwargs, env, preexec_fn, self._pool)
+                    code = _child.run_job(
+                        w, fn, args, kwargs, env, preexec_fn, self._pool, exports
+                    )
                 finally:
                     _flush_std_streams()
                     os._exit(code)
             return _Process(pid)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            _sigmask(signal.SIG_SETMASK, old_mask)
 
     def _start(
         self,
@@ -357,10 +378,11 @@ class Jobserver:
         kwargs: dict[str, Any],
         env: _child.Env,
         preexec_fn: Callable[[], Any] | None,
+        exports: _child.Exports,
     ) -> _MultiprocessingProcess:
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_child.spawned_main,
-            args=(_child.ResultFd(w), fn, args, kwargs, env, preexec_fn, self._pool),
+            args=(_child.ResultFd(w), fn, args, kwargs, env, preexec_fn, self._pool, exports),
             name="makejobs-job",
         )
         try:

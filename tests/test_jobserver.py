@@ -608,3 +608,27 @@ def test_a_job_joining_its_pool_gets_one_implicit_slot(method: str) -> None:
     with Jobserver(method, slots=1) as js:
         same, no_second_implicit = js.submit(job_joins_twice).result(timeout=60)
     assert same and no_second_implicit
+
+
+def _function_the_child_cannot_import() -> Any:
+    import types
+
+    module = types.ModuleType("makejobs_ghost_module")
+    exec("def fn(x):\n    return x + 1\n", module.__dict__)
+    sys.modules["makejobs_ghost_module"] = module  # importable here only
+    return module.fn
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_child_that_dies_before_unpickling_its_job_fails_promptly(method: str) -> None:
+    """The result pipe must reach the child with the process, not through a helper
+    thread that would keep its write end open here forever."""
+    fn = _function_the_child_cannot_import()
+    try:
+        with Jobserver(method, slots=1) as js:
+            future = js.submit(fn, (1,))
+            with pytest.raises(SubmissionDied):
+                future.result(timeout=60)
+            assert js.submit(identity, (2,)).result(timeout=60) == 2
+    finally:
+        del sys.modules["makejobs_ghost_module"]
