@@ -1,0 +1,110 @@
+"""The ``makejobs`` command line (also ``python -m makejobs``).
+
+Subcommands, each documented in its module
+==========================================
+
+* ``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
+  (:mod:`~makejobs.cli.serve`): create a pool of N slots and run CMD under it.
+* ``makejobs exec [--min A] [--max B] [--wait SECONDS] [--env NAME] -- CMD ...``
+  (:mod:`~makejobs.cli.exec_`): hold slots of the inherited pool for a tool
+  that takes a job count, and give them back when it exits.
+* ``makejobs run [-j N] [-f FILE] [--keep-going]`` (:mod:`~makejobs.cli.run`):
+  run shell command lines in parallel, each on one slot.
+* ``makejobs status [--json]`` (:mod:`~makejobs.cli.status`): describe the
+  pool this environment advertises.
+
+How ``serve`` and ``exec`` pass signals on to CMD is described in
+:mod:`~makejobs.cli._supervise`.
+
+Exit statuses
+=============
+
+* ``serve``/``exec``: the command's exit status; 128+N when it was killed by
+  signal N. When makejobs itself got SIGINT/SIGTERM/SIGHUP and the command
+  died of that same signal, makejobs cleans up and then dies of it too, so
+  the calling shell or make sees an interrupted command (as shells do).
+  126: the command cannot be executed; 127: command not found; 125: makejobs
+  itself failed (no pool could be created; ``--strict`` token check);
+  124: ``exec --wait`` ran out before ``--min`` slots came.
+* ``run``: 0 when every command succeeded, 1 when any failed or was not
+  started, 125 when the pool broke; dies of SIGINT/SIGTERM/SIGHUP it received
+  after passing it on and waiting for the commands.
+* ``status``: 0 a usable pool is advertised, 1 none is, 2 one is advertised
+  but cannot be used.
+* 2 for usage errors, like every argparse program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Callable
+
+from .. import __version__
+from . import exec_, run, serve, status
+from ._args import Formatter, UsageError, fill
+from ._console import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+)
+from ._supervise import die_of, in_main_thread
+from .exec_ import SLOTS_VARIABLE
+
+__all__ = [
+    "EXIT_CANNOT_EXECUTE",
+    "EXIT_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "SLOTS_VARIABLE",
+    "main",
+]
+
+
+def _build_parser(prog: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog or "makejobs",
+        formatter_class=Formatter,
+        description=fill(
+            "Share the GNU make jobserver (the token pool of make -jN, ninja and"
+            " cargo) with any command."
+        ),
+        epilog="Run `makejobs COMMAND --help` for each command. Exit status 2 means a usage"
+        " error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
+    # The order of --help's command list.
+    for command in (serve, exec_, run, status):
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the ``makejobs`` command line with *argv* (default ``sys.argv[1:]``).
+
+    Returns the exit status (see the module docstring). ``--help`` and usage
+    errors raise :class:`SystemExit` as argparse does (status 0 and 2). A
+    command that ends because makejobs received SIGINT/SIGTERM/SIGHUP
+    re-raises that signal on this process after cleaning up.
+    """
+    parser = _build_parser(prog)
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return func(args)
+    except UsageError as e:
+        parser.exit(EXIT_USAGE, f"{parser.prog} {args.subcommand}: error: {e}\n")
+    except KeyboardInterrupt:
+        # ^C outside the supervised parts (say, while `run` reads its commands):
+        # no traceback, and the caller still learns that we were interrupted.
+        if in_main_thread():
+            die_of(signal.SIGINT)
+        return 128 + signal.SIGINT

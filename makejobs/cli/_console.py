@@ -1,0 +1,32 @@
+"""How every ``makejobs`` command reports to its caller: exit statuses and stderr lines.
+
+The exit statuses are part of the command line's interface (see
+:mod:`makejobs.cli`) and are re-exported there.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = [
+    "EXIT_CANNOT_EXECUTE",
+    "EXIT_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "say",
+]
+
+EXIT_USAGE = 2
+#: ``exec --wait`` passed before ``--min`` slots were held (as timeout(1)).
+EXIT_TIMEOUT = 124
+#: makejobs itself failed (as env(1)/timeout(1)).
+EXIT_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+def say(command: str, message: str) -> None:
+    """One line on stderr, prefixed like ``makejobs serve: ...``."""
+    sys.stderr.write(f"makejobs {command}: {message}\n")
+    sys.stderr.flush()

@@ -1,0 +1,166 @@
+"""``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
+
+Create a pool of N slots (default: the usable CPUs), export it to CMD
+(``MAKEFLAGS``, ``MFLAGS`` if set, ``CARGO_MAKEFLAGS``, and the pipe's
+descriptors), run CMD and exit with its status. CMD runs on the pool's
+implicit slot, as a make started by make would. At the end every token
+must be back: missing or extra ones are reported on stderr (and make the
+exit status 125 with ``--strict`` when CMD itself succeeded). The pool is
+always a new one, even where another is inherited (as for ``make -jN``
+given to a sub-make).
+
+Style: ``pipe`` is the default because every GNU make (4.3 dies on a fifo
+pool), cargo and ninja builds that accept pipes (the PyPI ``ninja`` wheel)
+join it. Upstream ninja 1.13 ignores pipe pools: use ``--style fifo`` for
+it (and for make >= 4.4 children that are not marked recursive with
+``+``). A fifo lives in a private directory under ``$TMPDIR`` and is
+removed on every exit that can be caught (normal exit, errors, SIGINT,
+SIGTERM, SIGHUP, SIGQUIT; not SIGKILL).
+
+Do not give CMD its own ``-j``: ``make -jN`` and even a bare ``make -j``
+print "-jN forced in submake: resetting jobserver mode" and ignore the
+pool (observed with make 4.3 and 4.4.1); ``ninja -jN`` ignores it too.
+``cargo -jN`` stays inside the pool.
+
+Signals are passed on to CMD as described in :mod:`makejobs.cli._supervise`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+
+from ..jobserver import usable_cpus
+from ..pool import TokenPool
+from ._args import Formatter, check_slots, fill, split_command
+from ._console import EXIT_FAILED, say
+from ._supervise import (
+    REKILL,
+    SignalCatcher,
+    Signalled,
+    die_of,
+    shell_status,
+    spawn_error,
+    wait_child,
+)
+from ._token_count import close_counting
+
+__all__ = ["add_parser", "command"]
+
+
+def _report_tokens(found: int | None, expected: int) -> bool:
+    """Print a line when a created pool did not get exactly its tokens back; True if so."""
+    if found is None or found == expected:
+        return False
+    if found < expected:
+        missing = expected - found
+        say(
+            "serve",
+            f"{missing} jobserver token(s) missing at the end ({found} of {expected} came"
+            " back): a process died holding them or never gave them back",
+        )
+    else:
+        say(
+            "serve",
+            f"{found - expected} extra jobserver token(s) at the end ({found}, expected"
+            f" {expected}): a process wrote back tokens it never took",
+        )
+    return True
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``makejobs serve``; the exit status (see :mod:`makejobs.cli`)."""
+    cmd = split_command(args.command)
+    slots: int = args.jobs if args.jobs is not None else usable_cpus()
+    status = EXIT_FAILED
+    rekill: int | None = None
+    with SignalCatcher() as catcher:
+        # Until the command runs, a signal stops everything (the pool is
+        # still cleaned up by the finally below).
+        catcher.raising = True
+        pool: TokenPool | None = None
+        try:
+            try:
+                pool = TokenPool.create(slots, style=args.style)
+            except (OSError, ValueError) as e:
+                say("serve", f"cannot create a pool of {slots} slots: {e}")
+                return EXIT_FAILED
+            env = pool.environ()
+            catcher.raising = False
+            try:
+                child = subprocess.Popen(cmd, env=env, pass_fds=pool.pass_fds)
+            except OSError as e:
+                status = spawn_error("serve", cmd[0], e)
+            else:
+                catcher.attach(child)
+                wait_child(child, catcher)
+                assert child.returncode is not None
+                status = shell_status(child.returncode)
+                rekill = catcher.rekill_signal(child.returncode)
+        except Signalled as s:
+            status = 128 + s.signum
+            rekill = s.signum if s.signum in REKILL else None
+        finally:
+            if pool is not None:
+                found = close_counting(pool)
+                if _report_tokens(found, slots - 1) and args.strict and status == 0:
+                    status = EXIT_FAILED
+    if rekill is not None:
+        die_of(rekill)
+    return status
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` and its options to the ``makejobs`` parser."""
+    parser = subparsers.add_parser(
+        "serve",
+        formatter_class=Formatter,
+        help="create a pool of N slots and run a command under it",
+        description=fill(
+            "Create a jobserver pool of N slots, export it to CMD (MAKEFLAGS,"
+            " CARGO_MAKEFLAGS and, for a pipe, its fds), run CMD on the pool's implicit slot and"
+            " exit with CMD's status (128+N if a signal killed it). At the end every token must"
+            " be back; missing or extra tokens are reported on stderr."
+        ),
+        epilog="""\
+styles:
+  pipe (default)  works with every GNU make (4.3 dies on fifo pools), cargo, and ninja
+                  builds that accept pipes (the PyPI ninja wheel)
+  fifo            needed by upstream ninja 1.13 (it ignores pipe pools) and reaches make
+                  >= 4.4 recipes not marked '+'; removed on every catchable exit
+
+Give CMD no -j of its own: `make -jN` and even `make -j` ignore the pool ("forced in
+submake"), so does `ninja -jN`; `cargo -jN` stays within it. The pool is always a new
+one, even under an inherited pool.
+
+Signals: a SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to makejobs is passed on to CMD and its
+process-group descendants (a terminal's ^C already reached them and is not sent twice);
+makejobs then waits for CMD, cleans up, and dies of the same signal if CMD did.
+
+exit status: CMD's; 125 no pool could be made (or --strict found a token mismatch after
+CMD succeeded); 126 CMD cannot be executed; 127 CMD not found.
+
+example: makejobs serve -j 8 -- make""",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=check_slots,
+        metavar="N",
+        help="total parallelism: N-1 tokens plus CMD's implicit slot (default: usable CPUs)",
+    )
+    parser.add_argument(
+        "--style",
+        choices=("pipe", "fifo"),
+        default="pipe",
+        help="how the pool is shared (default: pipe; see below)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 125 when tokens are missing or extra at the end although CMD succeeded",
+    )
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command to run"
+    )
+    parser.set_defaults(func=command)
