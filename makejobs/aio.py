@@ -19,6 +19,17 @@ coroutines in order. There is no thread and no timer-driven polling, and the
 reader is removed as soon as nobody waits, because a level-triggered reader on
 a pipe full of tokens would otherwise wake the loop over and over.
 
+The pool may be closed from any thread while coroutines wait: they fail
+with ``ValueError``, as :meth:`~makejobs.pool.TokenPool.try_acquire` does on
+a closed pool. :meth:`~makejobs.pool.TokenPool.close` tells this module
+(:func:`pool_closing`) before it writes back the tokens this process holds,
+so no waiter takes one of those from a pool being closed, and wakes the
+loops. The reader is registered on a private duplicate of
+:meth:`~makejobs.pool.TokenPool.fileno`, which only the loop's thread closes,
+after removing it: had the loop watched the pool's own descriptor, closing
+it would leave the loop silently deaf to it, with its number free for reuse
+while still in the loop's selector.
+
 Cancellation never loses a token: a waiter is removed from the queue when it
 is cancelled (or times out), a token is only read while some waiter is still
 pending, and a token handed to a coroutine that is cancelled before it resumes
@@ -38,6 +49,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -60,7 +72,9 @@ class _Waiters:
         self.pool = pool
         self.loop = loop
         self.queue: deque[asyncio.Future[Token]] = deque()
-        self.fd: int | None = None  # the descriptor the reader is registered on
+        # The descriptor the reader is registered on: our duplicate of the
+        # pool's fileno(), so closing the pool never closes it under the loop.
+        self.fd: int | None = None
 
     def add(self, fut: asyncio.Future[Token]) -> None:
         self.queue.append(fut)
@@ -83,12 +97,16 @@ class _Waiters:
             if fut.done():
                 self.queue.popleft()
                 continue
+            if _closing(self.pool):
+                self._fail_all(_closed_error())
+                break
             try:
                 token = self.pool.try_acquire()
             except Exception as e:
                 # PoolBroken (end-of-file) or a closed pool: no waiter can ever
-                # be served, and the reader would fire forever.
-                self._fail_all(e)
+                # be served, and the reader would fire forever. A pool closed by
+                # another thread during the read fails as one closed before it.
+                self._fail_all(_closed_error() if _closing(self.pool) else e)
                 break
             if token is None:
                 break
@@ -106,12 +124,28 @@ class _Waiters:
     def _update_reader(self) -> None:
         wanted = any(not fut.done() for fut in self.queue)
         if wanted and self.fd is None:
-            fd = self.pool.fileno()
-            self.loop.add_reader(fd, self.dispatch)
+            try:
+                fd = os.dup(self.pool.fileno())
+            except (OSError, ValueError):
+                if not _closing(self.pool):
+                    raise
+                # Closed by another thread since dispatch() found it open.
+                self._fail_all(_closed_error())
+                _unregister(self)
+                return
+            try:
+                self.loop.add_reader(fd, self.dispatch)
+            except BaseException:
+                os.close(fd)
+                raise
             self.fd = fd
-        elif not wanted and self.fd is not None:
-            self.loop.remove_reader(self.fd)
-            self.fd = None
+        elif not wanted:
+            if self.fd is not None:
+                self.loop.remove_reader(self.fd)
+                os.close(self.fd)
+                self.fd = None
+            # Also when no reader was needed (the first dispatch served
+            # everyone): the registry must not keep the pool alive.
             _unregister(self)
 
     def wake(self) -> None:
@@ -126,6 +160,13 @@ class _Waiters:
 # nothing here keeps a pool or a loop alive after its last waiter.
 _registry: dict[int, dict[asyncio.AbstractEventLoop, _Waiters]] = {}
 _registry_lock = threading.Lock()
+# Pools whose close() has begun (it sets TokenPool.closed only after writing
+# back the tokens this process holds, which no waiter may take).
+_closing_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
+
+
+def _closing(pool: TokenPool) -> bool:
+    return pool.closed or pool in _closing_pools
 
 
 def _waiters_for(pool: TokenPool, loop: asyncio.AbstractEventLoop) -> _Waiters:
@@ -152,14 +193,47 @@ def _unregister(waiters: _Waiters) -> None:
 
 
 def _clear_after_fork() -> None:
-    # Event loops do not survive fork; neither do their waiters.
+    # Event loops do not survive fork; neither do their waiters. The
+    # duplicated descriptors are this process's own copies: close them.
     global _registry_lock
+    for per_loop in _registry.values():
+        for waiters in per_loop.values():
+            if waiters.fd is not None:
+                try:
+                    os.close(waiters.fd)
+                except OSError:
+                    pass
+                waiters.fd = None
     _registry.clear()
     _registry_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_clear_after_fork)
+
+
+def _wake_loops(pool: TokenPool) -> None:
+    """Make every event loop with coroutines waiting on *pool* look at it again (any thread)."""
+    with _registry_lock:
+        waiting = list(_registry.get(id(pool), {}).values())
+    for waiters in waiting:
+        waiters.wake()
+
+
+def pool_closing(pool: TokenPool) -> None:
+    """Fail the coroutines waiting on *pool*, whose close() has begun (any thread).
+
+    Called by :meth:`~makejobs.pool.TokenPool.close` before it writes back the
+    tokens this process holds: from now on no waiter takes a token from
+    *pool*, and each fails with ``ValueError`` on its loop's thread.
+    """
+    _closing_pools.add(pool)
+    _wake_loops(pool)
+
+
+def _closed_error() -> ValueError:
+    # The error TokenPool.try_acquire raises on a closed pool.
+    return ValueError("the token pool is closed")
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -192,7 +266,7 @@ async def acquire(pool: TokenPool, timeout: float | None = None) -> Token:
     Raises:
         Blocked: no slot within *timeout*.
         PoolBroken: the pool returned end-of-file.
-        ValueError: the pool is closed.
+        ValueError: the pool is closed, also while waiting (from any thread).
         asyncio.CancelledError: the waiting task was cancelled; no token is
             kept (one that arrived at the same moment is given back).
     """
@@ -210,18 +284,27 @@ async def acquire(pool: TokenPool, timeout: float | None = None) -> Token:
     timer = None if timeout is None else loop.call_later(timeout, _expire, fut, timeout)
     try:
         _waiters_for(pool, loop).add(fut)
-        return await fut
+        token = await fut
     except BaseException:
         # Cancelled (or interrupted) after the token was handed over but
-        # before this coroutine resumed: the token must not be lost.
+        # before this coroutine resumed: the token must not be lost. (If the
+        # pool is being closed, close() gives it back.)
         if fut.done() and not fut.cancelled() and fut.exception() is None:
-            release(pool, fut.result())
+            if not _closing(pool):
+                release(pool, fut.result())
         elif not fut.done():
             fut.cancel()
         raise
     finally:
         if timer is not None:
             timer.cancel()
+    if _closing(pool):
+        # Closed after the token was handed over but before this coroutine
+        # resumed. close() gives back every token it finds held, so this one
+        # is back in the pool (the implicit slot needs no giving back on a
+        # closed pool).
+        raise _closed_error()
+    return token
 
 
 def release(pool: TokenPool, token: Token) -> None:
@@ -237,10 +320,7 @@ def release(pool: TokenPool, token: Token) -> None:
     """
     pool.release(token)
     if token.implicit:
-        with _registry_lock:
-            waiting = list(_registry.get(id(pool), {}).values())
-        for waiters in waiting:
-            waiters.wake()
+        _wake_loops(pool)
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import warnings
@@ -52,6 +51,8 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    import subprocess
+
     from .process import JobPopen
 
 __all__ = ["ENVIRON_VARIABLES", "Style", "Token", "TokenPool"]
@@ -743,6 +744,14 @@ class TokenPool:
             if self._users > 1:
                 self._users -= 1  # another from_environ() caller still uses this handle
                 return self._close_result
+            # Coroutines waiting in acquire_async() watch fileno() and would
+            # never learn: make them fail, and take nothing from the tokens
+            # written back next (none wait unless makejobs.aio was imported).
+            import sys
+
+            aio = sys.modules.get("makejobs.aio")
+            if aio is not None:
+                aio.pool_closing(self)
             self.return_held("closing a token pool", stacklevel=3)
             self._closed = True
             result = None

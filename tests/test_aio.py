@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import warnings
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -38,10 +39,22 @@ async def turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-def watched_fds() -> set[int]:
-    """Descriptors the running loop's selector watches (readers and writers)."""
+def watching(pool: TokenPool) -> bool:
+    """Whether the running loop watches *pool* for free slots.
+
+    aio's reader is on a private duplicate of ``pool.fileno()``, so that closing the
+    pool never closes a descriptor under the loop. In these tests it is the only
+    descriptor the loop watches besides its own wake-up socket, so False also proves
+    that no registration was left behind.
+    """
     loop: Any = asyncio.get_running_loop()
-    return set(loop._selector.get_map())
+    others = set(loop._selector.get_map()) - {loop._ssock.fileno()}
+    waiters = aio._existing(pool, loop)
+    if waiters is None or waiters.fd is None:
+        assert not others, f"the loop still watches {others}"
+        return False
+    assert others == {waiters.fd} and waiters.fd != pool.fileno()
+    return True
 
 
 def close_clean(pool: TokenPool) -> int | None:
@@ -112,11 +125,11 @@ def test_waiter_is_woken_by_a_token_from_another_client(style: Style) -> None:
         waiter = asyncio.ensure_future(pool.acquire_async())
         await turns()
         assert not waiter.done()
-        assert pool.fileno() in watched_fds()
+        assert watching(pool)
         other.give(theirs)  # a byte goes into the pipe: only the fd can tell us
         token = await waiter
         assert not token.implicit
-        assert pool.fileno() not in watched_fds()  # nobody waits: reader removed
+        assert not watching(pool)  # nobody waits: reader removed
         aio.release(pool, token)
         aio.release(pool, mine)
 
@@ -194,7 +207,7 @@ def test_timeout_raises_blocked_and_leaves_nothing_behind() -> None:
             async with pool.slot_async(timeout=0.01):
                 pass
         await turns()
-        assert pool.fileno() not in watched_fds()
+        assert not watching(pool)
         aio.release(pool, held)
         with pytest.raises(TypeError):
             await pool.acquire_async(timeout="1")  # type: ignore[arg-type]
@@ -217,7 +230,7 @@ def test_cancelled_waiter_takes_no_token(style: Style) -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiter
         await turns()
-        assert pool.fileno() not in watched_fds()
+        assert not watching(pool)
         aio.release(pool, b)  # nobody waits: the token must stay in the pool
         await turns()
         assert pool.available() == 1
@@ -272,7 +285,7 @@ def test_many_waiters_never_exceed_the_pool_and_lose_nothing(style: Style) -> No
 
     async def main() -> None:
         await asyncio.gather(*(job() for _ in range(30)))
-        assert pool.fileno() not in watched_fds()
+        assert not watching(pool)
 
     run(main())
     assert done == 30
@@ -295,7 +308,7 @@ def test_random_cancellations_lose_no_token() -> None:
             await turns(rng.randrange(3))
             rng.choice(tasks).cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        assert pool.fileno() not in watched_fds()
+        assert not watching(pool)
 
     run(main())
     assert pool.implicit_free and pool.held == 0
@@ -341,7 +354,7 @@ def test_broken_pool_fails_the_waiters(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(PoolBroken):
             await waiter
         await turns()
-        assert pool.fileno() not in watched_fds()
+        assert not watching(pool)
 
     run(main())
     monkeypatch.undo()
@@ -359,9 +372,151 @@ def test_closed_pool_raises_value_error() -> None:
     run(main())
 
 
-def test_two_event_loops_in_two_threads_share_one_pool() -> None:
-    import threading
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
 
+
+def close_returning_held(pool: TokenPool) -> int | None:
+    """Close *pool*, which holds exactly one token: it is written back with a ResourceWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = pool.close()
+    messages = [str(w.message) for w in caught]
+    assert [w.category for w in caught] == [ResourceWarning], messages
+    assert "holding 1 token(s); returning them" in messages[0]
+    return found
+
+
+@pytest.mark.parametrize("where", ["loop thread", "another thread"])
+def test_closing_the_pool_fails_its_waiters(style: Style, where: str) -> None:
+    slots = 2
+    fds_before = open_fds()
+    pool = TokenPool.create(slots, style=style)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        held = [await pool.acquire_async() for _ in range(slots)]  # the pool is exhausted
+        assert pool.try_acquire() is None
+        waiters = [asyncio.ensure_future(pool.acquire_async()) for _ in range(3)]
+        await turns()
+        assert not any(waiter.done() for waiter in waiters)
+        assert watching(pool)
+        if where == "loop thread":
+            found = close_returning_held(pool)
+        else:
+            found = await loop.run_in_executor(None, close_returning_held, pool)
+        # Every token came back: the one we held (returned by close) and none taken
+        # by the waking waiters.
+        assert found == slots - 1
+        for waiter in waiters:
+            # A hang fails here instead of blocking the suite.
+            with pytest.raises(ValueError, match="the token pool is closed"):
+                await asyncio.wait_for(waiter, 10)
+        await turns()
+        assert not watching(pool)
+        assert held[0].implicit
+
+    run(main())
+    assert open_fds() == fds_before  # the reader's duplicate descriptor was closed too
+
+
+def test_waiters_take_none_of_the_tokens_close_gives_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() writes back the tokens this process holds before the pool counts as
+    # closed. That write wakes the loop; a waiter must not take such a token, which
+    # would be lost with the pool.
+    pool = TokenPool.create(2)
+    waiter_done = threading.Event()
+    real_release = pool.release
+
+    def release_then_let_the_loop_run(token: Token) -> None:
+        real_release(token)
+        # The token is in the pool again: the waiter finishes now, either by taking
+        # it (the bug) or by failing.
+        assert waiter_done.wait(10), "the waiter neither took the token nor failed"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(2):
+            await pool.acquire_async()
+        waiter = asyncio.ensure_future(pool.acquire_async())
+        waiter.add_done_callback(lambda _: waiter_done.set())
+        await turns()
+        monkeypatch.setattr(pool, "release", release_then_let_the_loop_run)
+        assert await loop.run_in_executor(None, close_returning_held, pool) == 1
+        with pytest.raises(ValueError, match="the token pool is closed"):
+            await asyncio.wait_for(waiter, 10)
+
+    run(main())
+
+
+@pytest.mark.parametrize("then", ["resumes", "is cancelled"])
+def test_token_handed_to_a_waiter_before_the_pool_closes_is_not_lost(then: str) -> None:
+    pool = TokenPool.create(2)
+    other = OtherClient(pool)
+
+    async def main() -> None:
+        await pool.acquire_async()  # the implicit slot
+        theirs = other.take()
+        waiter = asyncio.ensure_future(pool.acquire_async())
+        await turns()
+        other.give(theirs)
+        # Serve the queue now, then close in the same step: the waiter's future has
+        # the token but the task has not resumed to take it.
+        waiters = aio._existing(pool, asyncio.get_running_loop())
+        assert waiters is not None
+        waiters.dispatch()
+        assert not waiter.done() and not waiters.queue
+        assert close_returning_held(pool) == 1  # the handed-over token went back
+        if then == "resumes":
+            with pytest.raises(ValueError, match="the token pool is closed"):
+                await asyncio.wait_for(waiter, 10)
+        else:
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        await turns()
+        assert not watching(pool)
+
+    run(main())
+    other.close()
+
+
+def test_closing_a_pool_from_another_thread_does_not_disturb_the_loop() -> None:
+    # The loop must never watch a descriptor the pool closes: its number is free at
+    # once, and a new pool (or socket) registered under that number before the loop
+    # learns of the closing would never be woken.
+    pool_a = TokenPool.create(1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await pool_a.acquire_async()
+        waiter_a = asyncio.ensure_future(pool_a.acquire_async())
+        await turns()
+        number = pool_a.fileno()
+        closer = threading.Thread(target=pool_a.close)
+        closer.start()
+        closer.join()  # blocks the loop: pool_a's waiters are woken only after this step
+        pool_b = TokenPool.create(2)
+        assert pool_b.fileno() == number, "expected the lowest free descriptors to be reused"
+        other = OtherClient(pool_b)
+        assert pool_b.try_acquire() is not None  # the implicit slot
+        theirs = other.take()  # pool_b is exhausted
+        loop.call_soon(other.give, theirs)  # runs after pool_a's waiters fail
+        # Awaited directly (not in a task of its own, as wait_for would make it on
+        # 3.11): the wait is registered in this step, before the loop handles pool_a's
+        # closing. A hang fails through run()'s bound.
+        token = await pool_b.acquire_async()
+        assert not token.implicit
+        with pytest.raises(ValueError, match="the token pool is closed"):
+            await asyncio.wait_for(waiter_a, 10)
+        pool_b.release(token)
+        other.close()
+        assert close_clean(pool_b) == 1
+
+    run(main())
+
+
+def test_two_event_loops_in_two_threads_share_one_pool() -> None:
     pool = TokenPool.create(2)
     results: list[int] = []
 
