@@ -565,14 +565,17 @@ class TokenPool:
         self._held.discard(token)
         if self._closed:
             raise ValueError("the token pool is closed; the token could not be returned")
+        self._write_back(token.byte)
+
+    def _write_back(self, byte: bytes) -> None:
         if self._record is not None:
             self._record.add(-1)  # before the write: a death in between loses, never doubles
         try:
-            os.write(self._writer, token.byte)
+            os.write(self._writer, byte)
         except OSError:
             # Full or reader-less pool: write_token tries once more and, when
             # that fails too, raises the PoolBroken that says which.
-            _posix.write_token(self._writer, token.byte)
+            _posix.write_token(self._writer, byte)
 
     def slot(self, timeout: float | None = None) -> AbstractContextManager[Token]:
         """Hold one slot for the duration of a ``with`` block.
@@ -752,8 +755,10 @@ class TokenPool:
             aio = sys.modules.get("makejobs.aio")
             if aio is not None:
                 aio.pool_closing(self)
-            self.return_held("closing a token pool", stacklevel=3)
+            # Closed before the held tokens go back, so no thread starting an
+            # acquire now can take one of them from a pool about to vanish.
             self._closed = True
+            self.return_held("closing a token pool", stacklevel=3)
             result = None
             if self.owner and self.slots is not None:
                 result = _posix.drain(self._reader)
@@ -799,9 +804,11 @@ class TokenPool:
                 stacklevel=stacklevel,
             )
             for token in held:
-                if not token._released:
-                    with contextlib.suppress(PoolBroken, ValueError):
-                        self.release(token)
+                if not token._released and token.byte is not None:
+                    token._released = True
+                    self._held.discard(token)
+                    with contextlib.suppress(PoolBroken):
+                        self._write_back(token.byte)
         return len(held)
 
     def __enter__(self) -> TokenPool:
