@@ -260,11 +260,13 @@ def test_serve_command_not_found_or_not_executable(tmp_path: Path) -> None:
     assert proc.returncode == cli.EXIT_CANNOT_EXECUTE and "cannot execute" in proc.stderr
 
 
+# A client that is not makejobs (it reads the pipe itself, like make or cargo would) and
+# dies holding a token: nothing records it, so serve can only report it missing.
 LEAK = """
 import os
-from makejobs.pool import TokenPool
-pool = TokenPool.from_environ()
-pool.try_acquire(); pool.try_acquire()  # the implicit slot, then a real token
+from makejobs.protocol import parse_makeflags
+auth = parse_makeflags(os.environ["MAKEFLAGS"]).auth
+os.read(auth.read_fd, 1)
 os._exit(0)  # dies holding the token
 """
 

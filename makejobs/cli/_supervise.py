@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -36,8 +37,11 @@ __all__ = [
     "REKILL",
     "SignalCatcher",
     "Signalled",
+    "become_subreaper",
     "die_of",
     "in_main_thread",
+    "other_children",
+    "reap_others",
     "shell_status",
     "signal_name",
     "spawn_error",
@@ -91,6 +95,45 @@ def die_of(signum: int) -> None:
     signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
     os.kill(os.getpid(), signum)
+
+
+def reap_others(keep: int) -> None:
+    """Reap every exited child except *keep* (whose status its Popen collects)."""
+    while True:
+        try:
+            # WNOWAIT peeks, so the main child's status is left for its Popen.
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == keep:
+            return
+        try:
+            os.waitpid(info.si_pid, 0)
+        except ChildProcessError:
+            return
+
+
+def other_children(keep: int) -> list[int]:
+    """Live children of this process other than *keep* (orphans it adopted)."""
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process().children() if c.pid != keep]
+    except Exception:
+        return []
+
+
+def become_subreaper() -> bool:
+    """Adopt every orphaned descendant (Linux ``PR_SET_CHILD_SUBREAPER``); True if so."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
 
 
 def in_main_thread() -> bool:
@@ -204,8 +247,17 @@ class SignalCatcher:
         return None
 
 
-def wait_child(child: subprocess.Popen[Any], catcher: SignalCatcher) -> None:
+def wait_child(
+    child: subprocess.Popen[Any],
+    catcher: SignalCatcher,
+    *,
+    every_second: Callable[[], None] | None = None,
+) -> None:
     """Wait for *child* to exit, passing on signals that a terminal did not deliver.
+
+    Other children that exit meanwhile (orphans re-parented to us when we are
+    a subreaper) are reaped. *every_second*, if given, is called about once a
+    second and after each such exit.
 
     Where ``sigwaitinfo`` exists the caught signals and SIGCHLD are blocked
     and taken synchronously with their ``siginfo``: a signal sent by a
@@ -214,9 +266,15 @@ def wait_child(child: subprocess.Popen[Any], catcher: SignalCatcher) -> None:
     process group of its own. Elsewhere every caught signal is passed on by
     the handler.
     """
-    if not catcher.active or not hasattr(signal, "sigwaitinfo"):
-        child.wait()
-        return
+    if not catcher.active or not hasattr(signal, "sigtimedwait"):
+        while True:
+            try:
+                child.wait(None if every_second is None else 1.0)
+                return
+            except subprocess.TimeoutExpired:
+                reap_others(child.pid)
+                if every_second is not None:
+                    every_second()
     watched = {*CAUGHT, signal.SIGCHLD}
     # With SIGCHLD ignored the kernel reaps children itself and no SIGCHLD
     # arrives; the default disposition keeps both working.
@@ -227,10 +285,13 @@ def wait_child(child: subprocess.Popen[Any], catcher: SignalCatcher) -> None:
     try:
         # Checked after blocking: a SIGCHLD that came before is not pending.
         while child.poll() is None:
-            info = signal.sigwaitinfo(watched)
-            signum = info.si_signo
-            if signum == signal.SIGCHLD:
+            info = signal.sigtimedwait(watched, 1.0)
+            if info is None or info.si_signo == signal.SIGCHLD:
+                reap_others(child.pid)
+                if every_second is not None:
+                    every_second()
                 continue
+            signum = info.si_signo
             catcher.received.append(signum)
             if _sent_by_a_process(info) or not _in_our_group(child.pid):
                 _deliver(child, signum)

@@ -23,6 +23,15 @@ pool (observed with make 4.3 and 4.4.1); ``ninja -jN`` ignores it too.
 ``cargo -jN`` stays inside the pool.
 
 Signals are passed on to CMD as described in :mod:`makejobs.cli._supervise`.
+
+Killed clients: the pool has a token ledger (:mod:`makejobs.ledger`), and
+serve makes itself the subreaper of everything CMD starts (Linux). About
+once a second, and at the end, when no orphaned process is left running,
+serve gives back the tokens of makejobs clients that died holding them
+(SIGKILL, the OOM killer) and says so on stderr. With orphans still running
+nothing is recovered: one of them might be working on such a token. Tokens
+lost by make, ninja or cargo themselves cannot be seen, so they cannot be
+recovered.
 """
 
 from __future__ import annotations
@@ -38,7 +47,10 @@ from ._supervise import (
     REKILL,
     SignalCatcher,
     Signalled,
+    become_subreaper,
     die_of,
+    other_children,
+    reap_others,
     shell_status,
     spawn_error,
     wait_child,
@@ -68,6 +80,39 @@ def _report_tokens(found: int | None, expected: int) -> bool:
     return True
 
 
+class _Recovery:
+    """Give back tokens of killed makejobs clients, only while no orphan runs."""
+
+    def __init__(self, pool: TokenPool, enabled: bool) -> None:
+        self.pool = pool
+        self.enabled = enabled
+        self.main = -1
+        self.total = 0
+
+    def __call__(self) -> None:
+        if not self.enabled or other_children(self.main):
+            return
+        recovered = self.pool.recover()
+        if recovered:
+            self.total += recovered
+            say(
+                "serve",
+                f"recovered {recovered} jobserver token(s) of a makejobs client that died"
+                " holding them",
+            )
+
+    def finish(self) -> None:
+        reap_others(self.main)
+        orphans = other_children(self.main)
+        if orphans and self.enabled:
+            say(
+                "serve",
+                f"{len(orphans)} orphaned process(es) still running (e.g. pid {orphans[0]});"
+                " tokens of clients that died are not recovered while they might be in use",
+            )
+        self()
+
+
 def command(args: argparse.Namespace) -> int:
     """Run ``makejobs serve``; the exit status (see :mod:`makejobs.cli`)."""
     cmd = split_command(args.command)
@@ -81,10 +126,13 @@ def command(args: argparse.Namespace) -> int:
         pool: TokenPool | None = None
         try:
             try:
-                pool = TokenPool.create(slots, style=args.style)
+                pool = TokenPool.create(slots, style=args.style, ledger=True)
             except (OSError, ValueError) as e:
                 say("serve", f"cannot create a pool of {slots} slots: {e}")
                 return EXIT_FAILED
+            # Orphans come to us, so "no orphan left" means no process can
+            # still be running on a dead client's token (see makejobs.ledger).
+            recovery = _Recovery(pool, become_subreaper())
             env = pool.environ()
             catcher.raising = False
             try:
@@ -92,9 +140,11 @@ def command(args: argparse.Namespace) -> int:
             except OSError as e:
                 status = spawn_error("serve", cmd[0], e)
             else:
+                recovery.main = child.pid
                 catcher.attach(child)
-                wait_child(child, catcher)
+                wait_child(child, catcher, every_second=recovery)
                 assert child.returncode is not None
+                recovery.finish()
                 status = shell_status(child.returncode)
                 rekill = catcher.rekill_signal(child.returncode)
         except Signalled as s:
