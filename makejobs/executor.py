@@ -83,8 +83,11 @@ def _result_frame(task_id: int, kind: int, payload: Any) -> bytes:
         return pickle.dumps((task_id, kind, payload), pickle.HIGHEST_PROTOCOL)
     except Exception as e:
         what = "the result" if kind == _OK else "the exception"
+        value = payload if kind == _OK else payload[0]
         text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        error = RuntimeError(f"{what} of type {type(payload).__qualname__} cannot be pickled: {e}")
+        if kind == _RAISED:
+            text = payload[1] + "\n" + text  # the task's own traceback first
+        error = RuntimeError(f"{what} of type {type(value).__qualname__} cannot be pickled: {e}")
         return pickle.dumps((task_id, _RAISED, (error, text)), pickle.HIGHEST_PROTOCOL)
 
 
@@ -95,8 +98,14 @@ def _worker_main(
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     max_tasks: int | None,
+    close_fds: tuple[int, ...] = (),
 ) -> None:
     """Serve tasks until the task pipe closes (or *max_tasks* are done)."""
+    for fd in close_fds:  # a forked worker's copies of the executors' own ends
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     tasks = task_fd.detach() if hasattr(task_fd, "detach") else task_fd
     results = result_fd.detach() if hasattr(result_fd, "detach") else result_fd
     for fd in (tasks, results):
@@ -157,21 +166,27 @@ class _Worker:
         self.tasks_done = 0  # a worker with max_tasks_per_child exits by itself
 
     def close_pipes(self) -> None:
-        for fd in (self.task_w, self.result_r):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        fds = [fd for fd in (self.task_w, self.result_r) if fd >= 0]
         self.task_w = self.result_r = -1
+        with _parent_fds_lock:
+            _parent_fds.difference_update(fds)
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
-_live_executors: weakref.WeakSet[JobserverExecutor] = weakref.WeakSet()
+_live_managers: weakref.WeakSet[_Manager] = weakref.WeakSet()
+# Executors whose fds no forked worker may keep: a worker holding another
+# worker's task pipe would keep that worker from ever seeing end-of-file.
+_parent_fds: set[int] = set()
+_parent_fds_lock = threading.Lock()
 
 
 def _shutdown_at_exit() -> None:
-    for executor in list(_live_executors):
-        executor.shutdown(wait=True)
+    for manager in list(_live_managers):
+        manager.shutdown(wait=True)
 
 
 if hasattr(threading, "_register_atexit"):
@@ -196,26 +211,13 @@ def _default_context() -> BaseContext:
     return context
 
 
-class JobserverExecutor(Executor):
-    """A :class:`concurrent.futures.Executor` whose running tasks each hold one pool token.
+class _Manager:
+    """The executor's state and its manager thread.
 
-    Args:
-        max_workers: the most worker processes at once; default: the pool's
-            size when known, else the usable CPUs. The pool may allow fewer
-            tasks at a time; idle workers hold no token.
-        jobserver: share this :class:`~makejobs.Jobserver`'s pool (default:
-            join the pool the environment advertises, else create one sized
-            to the CPUs; an advertised but unusable pool gives a
-            :class:`~makejobs.errors.JobserverUnavailable` warning and one task
-            at a time).
-        mp_context: the multiprocessing context that starts workers. Default:
-            the default context, but ``forkserver`` instead of ``fork``, since
-            forking a process with threads is unsafe.
-        initializer, initargs: run in each worker before its first task; if
-            it raises, pending and later tasks fail with
-            :class:`~concurrent.futures.process.BrokenProcessPool`.
-        max_tasks_per_child: replace a worker after this many tasks (1: a
-            fresh process per task).
+    Kept apart from :class:`JobserverExecutor` so that the thread holds no
+    reference to the executor: an executor dropped without ``shutdown()`` is
+    collected, and its finalizer shuts the manager down (as
+    ProcessPoolExecutor does).
     """
 
     def __init__(
@@ -268,7 +270,10 @@ class JobserverExecutor(Executor):
         self._workers: dict[int, _Worker] = {}  # result fd -> worker
         self._idle: list[_Worker] = []
         self._poller = select.poll()
-        _live_executors.add(self)
+        self._new_workers: list[_Worker] = []  # started by submit(), adopted by the manager
+        with _parent_fds_lock:
+            _parent_fds.update((self._wake_r, self._wake_w))
+        _live_managers.add(self)
 
     # -- the Executor API -----------------------------------------------------------------
 
@@ -300,24 +305,25 @@ class JobserverExecutor(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._pending.append(_Task(task_id, future, body))
             self._ensure_thread()
-            self._wake()
+            start = len(self._workers) + len(self._new_workers) < self._max_workers and len(
+                self._pending
+            ) > len(self._idle) + len(self._new_workers)
+            if not start:
+                self._wake()
+        if start:
+            # Workers start here, in the submitting thread, while the program
+            # runs: one started by the manager during interpreter exit would
+            # find no __main__ to take the task's function from.
+            try:
+                worker = self._spawn_worker()
+            except BaseException:
+                with self._lock:
+                    self._wake()  # the manager will try again
+                raise
+            with self._lock:
+                self._new_workers.append(worker)
+                self._wake()
         return future
-
-    def map(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-    ) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map`; *chunksize* calls go to a task."""
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables), chunksize)
-        results = super().map(_call_chunk, itertools.repeat(fn), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; finish (or with *cancel_futures*, cancel) pending tasks.
@@ -377,8 +383,9 @@ class JobserverExecutor(Executor):
             self._thread.start()
 
     def _wake(self) -> None:
-        # Caller holds self._lock. One byte until the manager drains it.
-        if not self._wake_sent:
+        # Caller holds self._lock. One byte until the manager drains it; none
+        # once the manager has finished and closed the pipe.
+        if not self._wake_sent and self._wake_w >= 0:
             self._wake_sent = True
             os.write(self._wake_w, b"!")
 
@@ -399,6 +406,7 @@ class JobserverExecutor(Executor):
         pool_fd = self._pool.fileno()
         watching_pool = False
         while True:
+            self._adopt_new_workers()
             want_pool = self._dispatch()
             with self._lock:
                 finished = self._shutdown and not self._pending and not self._running()
@@ -432,7 +440,7 @@ class JobserverExecutor(Executor):
                 if not self._pending:
                     return False
             worker = self._idle[-1] if self._idle else None
-            if worker is None and len(self._workers) >= self._max_workers:
+            if worker is None and len(self._workers) + len(self._new_workers) >= self._max_workers:
                 return False  # every worker is busy; a result will wake us
             token = self._pool.try_acquire()
             if token is None:
@@ -459,21 +467,41 @@ class JobserverExecutor(Executor):
             self._flush(worker)
 
     def _start_worker(self) -> _Worker:
+        worker = self._spawn_worker()
+        self._adopt(worker)
+        return worker
+
+    def _spawn_worker(self) -> _Worker:
+        """Start a worker process; it is not watched until :meth:`_adopt`."""
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
+        with _parent_fds_lock:
+            _parent_fds.update((task_w, result_r))
+            inherited = tuple(_parent_fds)
         try:
             if self._context.get_start_method() == "fork":
-                fds: tuple[Any, Any] = (task_r, result_w)
+                fds: tuple[Any, ...] = (task_r, result_w)
+                closing = inherited  # fork copies every fd: drop the parent's ends
             else:
                 fds = (_child.ResultFd(task_r), _child.ResultFd(result_w))
+                closing = ()
             process = self._context.Process(  # type: ignore[attr-defined]
                 target=_worker_main,
-                args=(*fds, self._pool, self._initializer, self._initargs, self._max_tasks),
+                args=(
+                    *fds,
+                    self._pool,
+                    self._initializer,
+                    self._initargs,
+                    self._max_tasks,
+                    closing,
+                ),
                 name="makejobs-worker",
                 daemon=True,
             )
             process.start()
         except BaseException:
+            with _parent_fds_lock:
+                _parent_fds.difference_update((task_w, result_r))
             for fd in (task_r, task_w, result_r, result_w):
                 os.close(fd)
             raise
@@ -481,11 +509,20 @@ class JobserverExecutor(Executor):
         os.close(result_w)
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
-        worker = _Worker(process, task_w, result_r)
+        return _Worker(process, task_w, result_r)
+
+    def _adopt(self, worker: _Worker) -> None:
+        """Watch *worker* (manager thread only)."""
         with self._lock:
-            self._workers[result_r] = worker
-        self._poller.register(result_r, select.POLLIN)
-        return worker
+            self._workers[worker.result_r] = worker
+        self._poller.register(worker.result_r, select.POLLIN)
+
+    def _adopt_new_workers(self) -> None:
+        with self._lock:
+            new, self._new_workers = self._new_workers, []
+        for worker in new:
+            self._adopt(worker)
+            self._idle.append(worker)
 
     def _flush(self, worker: _Worker) -> None:
         """Write as much of the worker's outbox as the pipe takes now."""
@@ -534,9 +571,9 @@ class JobserverExecutor(Executor):
 
     def _on_frame(self, worker: _Worker, body: bytes) -> None:
         try:
-            task_id, kind, payload = pickle.loads(body)
+            _task_id, kind, payload = pickle.loads(body)
         except Exception as e:
-            task_id, kind, payload = (
+            _task_id, kind, payload = (
                 -2,
                 _RAISED,
                 (
@@ -553,9 +590,12 @@ class JobserverExecutor(Executor):
                 self._finish(task)
                 task.future.set_exception(BrokenProcessPool(reason))
             return
+        # A worker runs one task at a time, so a frame is about its current
+        # task, even one whose id it could not read (its arguments failed to
+        # unpickle there).
         task = worker.task
-        if task is None or (task_id != task.id and task_id != -2):
-            return  # cannot happen: a worker runs one task at a time
+        if task is None:
+            return
         worker.task = None
         self._finish(task)
         if kind == _OK:
@@ -627,6 +667,7 @@ class JobserverExecutor(Executor):
                 task.future.set_exception(BrokenProcessPool(reason))
 
     def _stop_workers(self) -> None:
+        self._adopt_new_workers()
         for worker in list(self._workers.values()):
             self._retire(worker)
         for worker in list(self._workers.values()):
@@ -648,6 +689,8 @@ class JobserverExecutor(Executor):
 
     def _close_resources(self) -> None:
         # Caller holds self._lock.
+        with _parent_fds_lock:
+            _parent_fds.difference_update((self._wake_r, self._wake_w))
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 try:
@@ -655,9 +698,107 @@ class JobserverExecutor(Executor):
                 except OSError:
                     pass
         self._wake_r = self._wake_w = -1
-        _live_executors.discard(self)
+        _live_managers.discard(self)
         if self._owns_pool and not self._pool.closed:
             self._pool.close()
+
+
+class JobserverExecutor(Executor):
+    """A :class:`concurrent.futures.Executor` whose running tasks each hold one pool token.
+
+    Args:
+        max_workers: the most worker processes at once; default: the pool's
+            size when known, else the usable CPUs. The pool may allow fewer
+            tasks at a time; idle workers hold no token.
+        jobserver: share this :class:`~makejobs.Jobserver`'s pool (default:
+            join the pool the environment advertises, else create one sized
+            to the CPUs; an advertised but unusable pool gives a
+            :class:`~makejobs.errors.JobserverUnavailable` warning and one task
+            at a time).
+        mp_context: the multiprocessing context that starts workers. Default:
+            the default context, but ``forkserver`` instead of ``fork``, since
+            forking a process with threads is unsafe.
+        initializer, initargs: run in each worker before its first task; if
+            it raises, pending and later tasks fail with
+            :class:`~concurrent.futures.process.BrokenProcessPool`.
+        max_tasks_per_child: replace a worker after this many tasks (1: a
+            fresh process per task).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        jobserver: Jobserver | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        self._manager = _Manager(
+            max_workers,
+            jobserver=jobserver,
+            mp_context=mp_context,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+        )
+        # Dropped without shutdown(): finish the pending work, then clean up.
+        weakref.finalize(self, self._manager.shutdown, False)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> StdFuture[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return a standard Future.
+
+        A pickling failure is set on the future, as ProcessPoolExecutor does.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`, or in a child of the process
+                that created the executor.
+            BrokenProcessPool: the worker initializer failed.
+        """
+        return self._manager.submit(fn, *args, **kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Like :meth:`concurrent.futures.Executor.map`; *chunksize* calls go to a task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables), chunksize)
+        results = super().map(_call_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; finish (or with *cancel_futures*, cancel) pending tasks.
+
+        With *wait* (the default) returns once every worker has exited and
+        every token is back; otherwise returns at once and the manager thread
+        finishes in the background (interpreter exit still waits for it).
+        """
+        self._manager.shutdown(wait, cancel_futures=cancel_futures)
+
+    def kill(self, future: StdFuture[Any], signum: int = signal.SIGTERM) -> bool:
+        """Cancel a *running* task by sending *signum* to its worker.
+
+        The future then fails with :class:`~makejobs.errors.SubmissionDied`
+        (unless the task finished first) and a new worker takes the dead one's
+        place. A pending future is simply cancelled.
+
+        Returns:
+            True if a signal was sent or the future was cancelled.
+        """
+        return self._manager.kill(future, signum)
+
+    @property
+    def pool(self) -> TokenPool:
+        """The token pool running tasks hold tokens of."""
+        return self._manager.pool
 
 
 def _drain(fd: int) -> None:
