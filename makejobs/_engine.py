@@ -26,11 +26,16 @@ from .errors import CallbackRaised, JobserverUnavailable, PoolBroken
 from .future import Future
 from .pool import Token, TokenPool
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "live_engines"]
 
 _MAX_WAIT = (2**31 - 1) / 1000  # poll() takes int milliseconds
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def live_engines() -> list[Engine]:
+    """Every engine of this process that still has jobs running."""
+    return [engine for engine in list(_engines) if engine.running]
 
 
 def _after_fork_in_child() -> None:

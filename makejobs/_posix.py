@@ -177,7 +177,30 @@ def open_fifo_ends(path: str) -> tuple[int, int]:
     except OSError as e:
         os.close(writer)
         raise Unusable(f"cannot open the fifo {path!r} for reading: {e.strerror}") from None
+    if stat.S_ISCHR(st.st_mode) and not _pollable_token_source(reader):
+        close_quietly(reader, writer)
+        raise Unusable(
+            f"{path!r} is {describe_mode(st.st_mode)} that is a terminal or cannot be"
+            " polled, not a fifo; it must never be read as a jobserver"
+        )
     return reader, writer
+
+
+def _pollable_token_source(fd: int) -> bool:
+    """A character device may stand in for a fifo (CUSE) only if it is no
+    terminal and epoll can watch it (/dev/null and /dev/zero cannot)."""
+    if os.isatty(fd):
+        return False
+    if not hasattr(select, "epoll"):
+        return True
+    probe = select.epoll()
+    try:
+        probe.register(fd, select.EPOLLIN)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def open_new_fifo_ends(path: str) -> tuple[int, int]:
@@ -204,8 +227,12 @@ def combine(*fds: int) -> select.epoll | None:
     if not hasattr(select, "epoll"):
         return None
     combined = select.epoll()  # close-on-exec by default
-    for fd in fds:
-        combined.register(fd, select.EPOLLIN)
+    try:
+        for fd in fds:
+            combined.register(fd, select.EPOLLIN)
+    except BaseException:
+        combined.close()
+        raise
     return combined
 
 
@@ -279,14 +306,16 @@ def fill(fd: int, count: int, byte: bytes) -> None:
         capacity = None
     if capacity is not None and count > capacity:
         try:
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, count)
+            capacity = fcntl.fcntl(fd, _F_SETPIPE_SZ, min(count, 2**31 - 1))
         except OSError:
             pass
-    data = byte * count
+    # Written in bounded chunks: a huge count must fail on the pipe's
+    # capacity, not first allocate gigabytes of token bytes.
+    chunk = byte * min(count, 1 << 16)
     written = 0
     try:
         while written < count:
-            written += os.write(fd, data[written:])
+            written += os.write(fd, chunk[: count - written])
     except BlockingIOError:
         raise ValueError(
             f"a pool of {count + 1} slots needs room for {count} tokens, but the"

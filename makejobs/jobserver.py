@@ -22,6 +22,8 @@ callbacks run inside whichever makejobs call is in progress (``submit``,
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -106,6 +108,19 @@ def _check_sleep_result(value: object) -> float | None:
     if value != value or value < 0:
         raise ValueError(f"sleep_fn must return None or a non-negative number, not {value!r}")
     return float(value)
+
+
+def _finish_jobs_at_exit() -> None:
+    """Wait for the jobs of Jobservers never closed, so their tokens come back
+    (as ProcessPoolExecutor waits for its work at exit)."""
+    from ._engine import live_engines
+
+    for engine in live_engines():
+        with contextlib.suppress(Exception):
+            engine.wait_all()
+
+
+atexit.register(_finish_jobs_at_exit)
 
 
 def default_pool(slots: int | None = None, *, stacklevel: int = 2) -> TokenPool:

@@ -26,6 +26,7 @@ passes pipe fds along and reopens fifos by path.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -196,6 +197,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _return_held_at_exit() -> None:
+    # A program that ends (normally, or by an uncaught KeyboardInterrupt)
+    # while holding tokens outside a with block must not take them along.
+    for pool in live_pools():
+        with contextlib.suppress(Exception):
+            pool.return_held("the interpreter is exiting")
+
+
+atexit.register(_return_held_at_exit)
+
+
 class TokenPool:
     """A handle on a GNU make compatible jobserver pool.
 
@@ -275,7 +287,12 @@ class TokenPool:
         self._users = 1
         # What this handle was joined from, to find it again (see _shared_handle).
         self._source_auth = auth if source_auth is None else source_auth
-        self._implicit = _ImplicitSlot(reader)
+        try:
+            self._implicit = _ImplicitSlot(reader)
+        except BaseException:
+            self._closed = True
+            _posix.close_quietly(reader, writer, *export_fds, *inherited_records)
+            raise
         self._held = set()
         self._state_lock = threading.Lock()
         # Token ledger (see makejobs.ledger): the creator's directory, and this
@@ -818,7 +835,8 @@ class TokenPool:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        # getattr: a pool whose construction failed half-way has fewer attributes.
+        if not getattr(self, "_closed", True) and hasattr(self, "_implicit"):
             _posix.close_quietly(self._reader, self._writer, *self._export_fds)
             self._implicit.close()
             self._close_ledger()
