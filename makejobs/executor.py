@@ -35,6 +35,7 @@ import pickle
 import select
 import signal
 import struct
+import sys
 import threading
 import traceback
 import weakref
@@ -56,6 +57,8 @@ __all__ = ["JobserverExecutor"]
 
 _HEADER = struct.Struct(">Q")
 _OK, _RAISED, _INIT_FAILED = 0, 1, 2
+#: The task's error, and the worker exits after it (SystemExit, KeyboardInterrupt).
+_LAST = 3
 
 
 # -- the worker process ---------------------------------------------------------------------
@@ -99,8 +102,16 @@ def _worker_main(
     initargs: tuple[Any, ...],
     max_tasks: int | None,
     close_fds: tuple[int, ...] = (),
+    main_path: str | None = None,
 ) -> None:
     """Serve tasks until the task pipe closes (or *max_tasks* are done)."""
+    if main_path is not None and getattr(sys.modules["__main__"], "__file__", None) is None:
+        # Started while the parent's interpreter was exiting, multiprocessing
+        # no longer told us its main script: load it as spawn would, so tasks
+        # defined there can be unpickled.
+        from multiprocessing import spawn
+
+        spawn._fixup_main_from_path(main_path)  # type: ignore[attr-defined]
     for fd in close_fds:  # a forked worker's copies of the executors' own ends
         try:
             os.close(fd)
@@ -134,6 +145,15 @@ def _worker_main(
         except Exception as e:
             text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
             frame = _result_frame(task_id, _RAISED, (e, text))
+        except BaseException as e:  # SystemExit, KeyboardInterrupt: say so, then exit
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            detail = f": {e}" if str(e) else ""
+            died = SubmissionDied(
+                f"the task ended its worker (pid {os.getpid()}) with"
+                f" {type(e).__name__}{detail} instead of returning"
+            )
+            _send(results, _result_frame(task_id, _LAST, (died, text)))
+            return  # the task asked this process to end; a new worker replaces it
         _send(results, frame)
         done += 1
 
@@ -162,8 +182,10 @@ class _Worker:
         self.result_r = result_r
         self.inbox = bytearray()
         self.outbox = bytearray()
-        self.task: _Task | None = None
+        self.task: _Task | None = None  # written under the manager's lock
         self.tasks_done = 0  # a worker with max_tasks_per_child exits by itself
+        # kill() signalled it: it gets no further task, whether or not it dies.
+        self.doomed = False
 
     def close_pipes(self) -> None:
         fds = [fd for fd in (self.task_w, self.result_r) if fd >= 0]
@@ -182,6 +204,9 @@ _live_managers: weakref.WeakSet[_Manager] = weakref.WeakSet()
 # worker's task pipe would keep that worker from ever seeing end-of-file.
 _parent_fds: set[int] = set()
 _parent_fds_lock = threading.Lock()
+# Held from a new worker's pipes to its start: a worker forked meanwhile by
+# another thread would otherwise copy pipe ends missing from its closing list.
+_spawn_lock = threading.Lock()
 
 
 def _shutdown_at_exit() -> None:
@@ -271,6 +296,9 @@ class _Manager:
         self._idle: list[_Worker] = []
         self._poller = select.poll()
         self._new_workers: list[_Worker] = []  # started by submit(), adopted by the manager
+        self._starting = 0  # workers submit() is starting right now
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        self._main_path = os.path.abspath(main_file) if main_file else None
         with _parent_fds_lock:
             _parent_fds.update((self._wake_r, self._wake_w))
         _live_managers.add(self)
@@ -303,12 +331,16 @@ class _Manager:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._pending.append(_Task(task_id, future, body))
+            task = _Task(task_id, future, body)
+            self._pending.append(task)
             self._ensure_thread()
-            start = len(self._workers) + len(self._new_workers) < self._max_workers and len(
-                self._pending
-            ) > len(self._idle) + len(self._new_workers)
-            if not start:
+            start = (
+                self._worker_count() < self._max_workers
+                and len(self._pending) > len(self._idle) + len(self._new_workers) + self._starting
+            )
+            if start:
+                self._starting += 1  # reserved, so concurrent submits never overshoot
+            else:
                 self._wake()
         if start:
             # Workers start here, in the submitting thread, while the program
@@ -318,12 +350,23 @@ class _Manager:
                 worker = self._spawn_worker()
             except BaseException:
                 with self._lock:
-                    self._wake()  # the manager will try again
+                    self._starting -= 1
+                    try:
+                        # Withdrawn, so a caller who retries never runs it twice.
+                        self._pending.remove(task)
+                    except ValueError:
+                        return future  # a worker already took it: it runs once
+                    self._wake()
                 raise
             with self._lock:
+                self._starting -= 1
                 self._new_workers.append(worker)
                 self._wake()
         return future
+
+    def _worker_count(self) -> int:
+        """Workers alive, adopted or not, and being started (caller holds the lock)."""
+        return len(self._workers) + len(self._new_workers) + self._starting
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; finish (or with *cancel_futures*, cancel) pending tasks.
@@ -358,9 +401,12 @@ class _Manager:
         if future.cancel():
             return True
         with self._lock:
+            # Under the lock: the worker cannot be handed another task, nor be
+            # reaped (freeing its pid for reuse), before the signal is sent.
             for worker in list(self._workers.values()):
                 task = worker.task
                 if task is not None and task.future is future:
+                    worker.doomed = True
                     try:
                         os.kill(worker.pid, signum)
                     except ProcessLookupError:
@@ -440,31 +486,46 @@ class _Manager:
                 if not self._pending:
                     return False
             worker = self._idle[-1] if self._idle else None
-            if worker is None and len(self._workers) + len(self._new_workers) >= self._max_workers:
-                return False  # every worker is busy; a result will wake us
+            if worker is None:
+                with self._lock:
+                    if self._worker_count() >= self._max_workers:
+                        return False  # every worker is busy; a result will wake us
+                    self._starting += 1  # reserved before anything else can start one
             token = self._pool.try_acquire()
             if token is None:
+                self._unreserve(worker)
                 return True
             with self._lock:
                 task = self._pending.popleft() if self._pending else None
             if task is None or not task.future.set_running_or_notify_cancel():
+                self._unreserve(worker)
                 self._release(token)
                 continue
             if worker is None:
                 try:
-                    worker = self._start_worker()
+                    worker = self._spawn_worker()
                 except BaseException as e:
+                    self._unreserve(None)
                     self._release(token)
                     task.future.set_exception(e)
                     continue
+                self._unreserve(None)
+                self._adopt(worker)
             else:
                 self._idle.pop()
             task.token = token
             task.worker = worker
-            worker.task = task
+            with self._lock:
+                worker.task = task
             worker.outbox += _HEADER.pack(len(task.body)) + task.body
             task.body = b""
             self._flush(worker)
+
+    def _unreserve(self, worker: _Worker | None) -> None:
+        """Give back the start reserved in _dispatch (only when it had no idle worker)."""
+        if worker is None:
+            with self._lock:
+                self._starting -= 1
 
     def _start_worker(self) -> _Worker:
         worker = self._spawn_worker()
@@ -473,40 +534,43 @@ class _Manager:
 
     def _spawn_worker(self) -> _Worker:
         """Start a worker process; it is not watched until :meth:`_adopt`."""
-        task_r, task_w = os.pipe()
-        result_r, result_w = os.pipe()
-        with _parent_fds_lock:
-            _parent_fds.update((task_w, result_r))
-            inherited = tuple(_parent_fds)
-        try:
-            if self._context.get_start_method() == "fork":
-                fds: tuple[Any, ...] = (task_r, result_w)
-                closing = inherited  # fork copies every fd: drop the parent's ends
-            else:
-                fds = (_child.ResultFd(task_r), _child.ResultFd(result_w))
-                closing = ()
-            process = self._context.Process(  # type: ignore[attr-defined]
-                target=_worker_main,
-                args=(
-                    *fds,
-                    self._pool,
-                    self._initializer,
-                    self._initargs,
-                    self._max_tasks,
-                    closing,
-                ),
-                name="makejobs-worker",
-                daemon=True,
-            )
-            process.start()
-        except BaseException:
+        with _spawn_lock:
+            task_r, task_w = os.pipe()
+            result_r, result_w = os.pipe()
             with _parent_fds_lock:
-                _parent_fds.difference_update((task_w, result_r))
-            for fd in (task_r, task_w, result_r, result_w):
-                os.close(fd)
-            raise
-        os.close(task_r)
-        os.close(result_w)
+                _parent_fds.update((task_w, result_r))
+                inherited = tuple(_parent_fds)
+            try:
+                if self._context.get_start_method() == "fork":
+                    fds: tuple[Any, ...] = (task_r, result_w)
+                    closing = inherited  # fork copies every fd: drop the parent's ends
+                else:
+                    fds = (_child.ResultFd(task_r), _child.ResultFd(result_w))
+                    closing = ()
+                process = self._context.Process(  # type: ignore[attr-defined]
+                    target=_worker_main,
+                    args=(
+                        *fds,
+                        self._pool,
+                        self._initializer,
+                        self._initargs,
+                        self._max_tasks,
+                        closing,
+                        self._main_path,
+                    ),
+                    name="makejobs-worker",
+                    daemon=True,
+                )
+                process.start()
+            except BaseException:
+                with _parent_fds_lock:
+                    _parent_fds.difference_update((task_w, result_r))
+                for fd in (task_r, task_w, result_r, result_w):
+                    os.close(fd)
+                raise
+            # The child's ends go before the next fork can copy them.
+            os.close(task_r)
+            os.close(result_w)
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
         return _Worker(process, task_w, result_r)
@@ -584,19 +648,20 @@ class _Manager:
         if kind == _INIT_FAILED:
             reason = f"a worker's initializer raised:\n{payload}"
             self._break(reason)
-            task = worker.task
+            with self._lock:
+                task, worker.task = worker.task, None
             if task is not None:
-                worker.task = None
                 self._finish(task)
                 task.future.set_exception(BrokenProcessPool(reason))
             return
         # A worker runs one task at a time, so a frame is about its current
         # task, even one whose id it could not read (its arguments failed to
         # unpickle there).
-        task = worker.task
+        with self._lock:
+            task, worker.task = worker.task, None
+            doomed = worker.doomed
         if task is None:
             return
-        worker.task = None
         self._finish(task)
         if kind == _OK:
             task.future.set_result(payload)
@@ -604,8 +669,11 @@ class _Manager:
             exc, text = payload
             task.future.set_exception(_child.attach_traceback(exc, text))
         worker.tasks_done += 1
-        if self._max_tasks is not None and worker.tasks_done >= self._max_tasks:
+        if kind == _LAST or (self._max_tasks is not None and worker.tasks_done >= self._max_tasks):
             return  # it exits by itself; its end-of-file cleans up
+        if doomed:
+            self._retire(worker)  # a signal is on its way to it: no new task
+            return
         if not self._shutdown or self._pending:
             self._idle.append(worker)
         else:
@@ -613,8 +681,8 @@ class _Manager:
 
     def _on_worker_exit(self, worker: _Worker) -> None:
         """The worker's result pipe hit end-of-file: it exited or died."""
-        worker.process.join()
-        with self._lock:
+        with self._lock:  # see kill(): no reaping while a signal may be sent to it
+            worker.process.join()
             self._workers.pop(worker.result_r, None)
         if worker in self._idle:
             self._idle.remove(worker)
