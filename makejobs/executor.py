@@ -214,6 +214,11 @@ def _shutdown_at_exit() -> None:
         manager.shutdown(wait=True)
 
 
+if hasattr(os, "register_at_fork"):
+    # A forked worker must not shut down its parent's executors when it exits
+    # (it would wait on locks another parent thread held at the fork).
+    os.register_at_fork(after_in_child=_live_managers.clear)
+
 if hasattr(threading, "_register_atexit"):
     # Runs before the interpreter joins threads, like ProcessPoolExecutor's hook.
     threading._register_atexit(_shutdown_at_exit)

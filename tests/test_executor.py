@@ -1106,6 +1106,70 @@ def test_fork_context_shuts_down(tmp_path: Path) -> None:
     assert proc.returncode == 0 and out.strip() == "ok", err
 
 
+FORK_LOCK_SCRIPT = textwrap.dedent(
+    """
+    import faulthandler, multiprocessing, os
+    from makejobs import JobserverExecutor, Jobserver, TokenPool
+
+    def pid(_):
+        return os.getpid()
+
+    if __name__ == "__main__":
+        faulthandler.dump_traceback_later(10, exit=True)  # show where it hangs
+        pool = TokenPool.create(2)
+        executor = JobserverExecutor(
+            2, jobserver=Jobserver(pool=pool), mp_context=multiprocessing.get_context("fork"))
+        # White box: another thread may hold the executor's lock at the instant a worker
+        # is forked (the submitting thread, or a kill()); make that instant certain.
+        lock = executor._manager._lock
+        held = []
+
+        def before():
+            if lock.acquire(timeout=5):
+                held.append(True)
+
+        def after_in_parent():
+            if held:
+                held.pop()
+                lock.release()
+
+        os.register_at_fork(before=before, after_in_parent=after_in_parent)
+        assert len(set(executor.map(pid, range(6)))) <= 2
+        executor.shutdown(wait=True)
+        assert pool.close() == 1
+        print("ok")
+    """
+)
+
+
+def test_forked_workers_do_not_run_the_parents_exit_hook(tmp_path: Path) -> None:
+    """A worker forked while the executor's lock was held must still exit: it must not run
+    the parent's at-exit shutdown of executors it inherited (their locks, threads and
+    pipes belong to the parent)."""
+    script = tmp_path / "fork_lock.py"
+    script.write_text(FORK_LOCK_SCRIPT)
+    env = clean_environ()
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script's workers, stuck at their exit
+        out, err = proc.communicate()
+        pytest.fail(f"shutdown() hung: a forked worker never exited\n{err}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and out.strip() == "ok", err
+
+
 def _exercise(executor: JobserverExecutor, gate: Gate) -> list[cf.Future[Any]]:
     futures: list[cf.Future[Any]] = [executor.submit(square, i) for i in range(10)]
     futures.append(executor.submit(signal.raise_signal, signal.SIGKILL))
