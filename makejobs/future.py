@@ -41,7 +41,21 @@ EXITING = "exiting"  # result pipe closed, process not yet reaped
 DONE = "done"
 
 
-class _Process:
+class _JobProcess:
+    """What both kinds of job process share: a pid that is signalled only until reaped."""
+
+    pid: int
+    _reaped: bool
+
+    def kill(self, signum: int) -> None:
+        if not self._reaped:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+class _Process(_JobProcess):
     """A job process we forked ourselves: reaped with waitpid, watched with a pidfd."""
 
     def __init__(self, pid: int) -> None:
@@ -80,15 +94,8 @@ class _Process:
         if pidfd is not None and close:
             os.close(pidfd)
 
-    def kill(self, signum: int) -> None:
-        if not self._reaped:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
 
-
-class _MultiprocessingProcess:
+class _MultiprocessingProcess(_JobProcess):
     """A job started through a multiprocessing context (spawn, forkserver)."""
 
     def __init__(self, process: Any) -> None:
@@ -110,13 +117,6 @@ class _MultiprocessingProcess:
         self._reaped = True
         self._process.close()
         return True
-
-    def kill(self, signum: int) -> None:
-        if not self._reaped:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
 
 
 def describe_exit(pid: int, exitcode: int | None) -> str:
