@@ -44,6 +44,7 @@ __all__ = [
     "open_new_fifo_ends",
     "open_pipe_ends",
     "read_token",
+    "usable_cpus",
     "wait_readable",
     "wake_pipe",
     "write_token",
@@ -359,3 +360,11 @@ def close_quietly(*fds: int) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

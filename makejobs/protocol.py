@@ -76,8 +76,6 @@ What this module chooses where make is silent or fatal
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import NamedTuple
 
 __all__ = [
     "FifoAuth",
@@ -182,44 +180,88 @@ def _check_exportable(what: str, text: str) -> None:
         raise ValueError(f"{what} contains a newline: {text!r}")
 
 
-@dataclass(frozen=True)
-class PipeAuth:
+class _Value:
+    """Base of the immutable value types below: equality, hash and repr by field.
+
+    Hand-written rather than ``@dataclass(frozen=True)``: this module is on
+    the start-up path of every ``makejobs`` command, and the dataclasses
+    machinery (with :mod:`inspect` behind it) would cost more to import than
+    the whole of makejobs' command-line parsing.
+    """
+
+    __slots__ = ()
+    #: The fields in their order (repr, pickling); each class's ``__slots__`` too.
+    _FIELDS: tuple[str, ...] = ()
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Value)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._fields()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"{type(self).__name__}({args})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+
+    def _init(self, **fields: object) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (type(self), self._fields())
+
+
+class PipeAuth(_Value):
     """A pipe jobserver: ``--jobserver-auth=R,W``.
 
     Both descriptors are ints in ``[0, 2**31)`` (checked on construction:
     ``TypeError`` / ``ValueError``).  They are numbers as written in
     ``MAKEFLAGS``; nothing here says they are open or are a pipe.
+    Instances are immutable, hashable and compare by value.
     """
 
+    _FIELDS = __slots__ = ("read_fd", "write_fd")
     read_fd: int
     write_fd: int
 
-    def __post_init__(self) -> None:
-        _check_fd("read_fd", self.read_fd)
-        _check_fd("write_fd", self.write_fd)
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._init(read_fd=_check_fd("read_fd", read_fd), write_fd=_check_fd("write_fd", write_fd))
 
 
-@dataclass(frozen=True)
-class FifoAuth:
+class FifoAuth(_Value):
     """A named-pipe jobserver (make >= 4.4): ``--jobserver-auth=fifo:PATH``.
 
     ``path`` is the unescaped path, non-empty and free of NUL and newline
     (checked on construction: ``TypeError`` / ``ValueError``), so every
     ``FifoAuth`` can be exported by :func:`format_makeflags`.
+    Instances are immutable, hashable and compare by value.
     """
 
+    _FIELDS = __slots__ = ("path",)
     path: str
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.path, str):
-            raise TypeError(f"path must be a str, not {type(self.path).__name__}")
-        if not self.path:
+    def __init__(self, path: str) -> None:
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, not {type(path).__name__}")
+        if not path:
             raise ValueError("fifo path is empty")
-        _check_exportable("fifo path", self.path)
+        _check_exportable("fifo path", path)
+        self._init(path=path)
 
 
-@dataclass(frozen=True)
-class MakeFlags:
+class MakeFlags(_Value):
     """What a ``MAKEFLAGS`` value says about the jobserver.
 
     At most one of ``auth``, ``disabled`` and ``unsupported`` is set:
@@ -238,16 +280,49 @@ class MakeFlags:
     ``source`` names the option of the winning auth word (``"--jobserver-auth"``
     or ``"--jobserver-fds"``), ``None`` when no pool is advertised.
     ``problems`` describes ignored or unusable input, in order.
+    Instances are immutable, hashable and compare by value.
     """
 
-    auth: PipeAuth | FifoAuth | None = None
-    disabled: bool = False
-    unsupported: str | None = None
-    dry_run: bool = False
-    jobs: int | None = None
-    letters: str = ""
-    source: str | None = None
-    problems: tuple[str, ...] = ()
+    _FIELDS = __slots__ = (
+        "auth",
+        "disabled",
+        "unsupported",
+        "dry_run",
+        "jobs",
+        "letters",
+        "source",
+        "problems",
+    )
+    auth: PipeAuth | FifoAuth | None
+    disabled: bool
+    unsupported: str | None
+    dry_run: bool
+    jobs: int | None
+    letters: str
+    source: str | None
+    problems: tuple[str, ...]
+
+    def __init__(
+        self,
+        auth: PipeAuth | FifoAuth | None = None,
+        disabled: bool = False,
+        unsupported: str | None = None,
+        dry_run: bool = False,
+        jobs: int | None = None,
+        letters: str = "",
+        source: str | None = None,
+        problems: tuple[str, ...] = (),
+    ) -> None:
+        self._init(
+            auth=auth,
+            disabled=disabled,
+            unsupported=unsupported,
+            dry_run=dry_run,
+            jobs=jobs,
+            letters=letters,
+            source=source,
+            problems=problems,
+        )
 
     def advertises_pool(self) -> bool:
         """True if an auth word was present (usable, disabled or unsupported)."""
@@ -258,10 +333,13 @@ class MakeFlags:
 # Words
 
 
-class _Word(NamedTuple):
-    text: str  # unescaped, as make's getopt sees it
-    raw: str  # exactly as written in the value
-    dangling: bool  # raw ends with a lone final backslash (kept literally)
+class _Word:
+    __slots__ = ("dangling", "raw", "text")
+
+    def __init__(self, text: str, raw: str, dangling: bool) -> None:
+        self.text = text  # unescaped, as make's getopt sees it
+        self.raw = raw  # exactly as written in the value
+        self.dangling = dangling  # raw ends with a lone final backslash (kept literally)
 
 
 def _scan(value: str) -> list[_Word]:
@@ -623,11 +701,14 @@ def format_makeflags(flags: MakeFlags) -> str:
     return " ".join(words)
 
 
-class _Item(NamedTuple):
-    raw: str
-    text: str
-    dangling: bool
-    origin: int | None  # original word index, None for inserted words
+class _Item:
+    __slots__ = ("dangling", "origin", "raw", "text")
+
+    def __init__(self, raw: str, text: str, dangling: bool, origin: int | None) -> None:
+        self.raw = raw
+        self.text = text
+        self.dangling = dangling
+        self.origin = origin  # original word index, None for inserted words
 
 
 def replace_auth(

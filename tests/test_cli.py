@@ -620,6 +620,51 @@ def test_run_exports_the_pool_to_each_command(tmp_path: Path) -> None:
     assert report["slots"] == 3 and report["style"] == "pipe"
 
 
+def test_run_commands_inherit_the_pool_fds_and_nothing_else(tmp_path: Path) -> None:
+    # run starts commands with posix_spawn, which closes nothing itself: an fd
+    # run inherited must not reach its commands, the pool's fds must.
+    stray_r, stray_w = os.pipe()
+    try:
+        proc = mj(
+            "run",
+            "-j",
+            "2",
+            input="ls /proc/self/fd; echo MAKEFLAGS=$MAKEFLAGS\n",
+            pass_fds=(stray_r, stray_w),
+        )
+    finally:
+        os.close(stray_r)
+        os.close(stray_w)
+    assert proc.returncode == 0, describe(proc)
+    lines = proc.stdout.splitlines()
+    flags = parse_makeflags(lines[-1].partition("=")[2])
+    assert isinstance(flags.auth, PipeAuth)
+    fds = {int(word) for word in lines[:-1]}
+    pool_fds = {flags.auth.read_fd, flags.auth.write_fd}
+    # pass_fds keeps the numbers, and run opened its pool after inheriting them.
+    assert not {stray_r, stray_w} & fds, lines
+    # 0-2, the pool, and the descriptor ls opened to list the directory.
+    assert pool_fds <= fds and len(fds - pool_fds - {0, 1, 2}) == 1, lines
+
+
+def test_run_commands_get_default_signal_dispositions() -> None:
+    # Python ignores SIGPIPE; a command must not inherit that, or `yes | head`
+    # would spin on EPIPE instead of dying.
+    proc = mj("run", "-j", "1", input="grep -E '^Sig(Ign|Blk):' /proc/self/status\n")
+    assert proc.returncode == 0, describe(proc)
+    masks = dict(line.split(":") for line in proc.stdout.splitlines())
+    ignored = int(masks["SigIgn"].strip(), 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), proc.stdout
+    assert int(masks["SigBlk"].strip(), 16) == 0, proc.stdout
+
+
+def test_run_command_stdin_is_dev_null_and_group_is_its_own() -> None:
+    proc = mj("run", "-j", "1", input="cat; ps -o pid=,pgid= -p $$\n")
+    assert proc.returncode == 0, describe(proc)
+    pid, pgid = proc.stdout.split()
+    assert pid == pgid
+
+
 def test_run_keeps_each_commands_output_together() -> None:
     lines = [
         f"for i in 1 2 3; do echo c{n}-$i; echo e{n}-$i >&2; sleep 0.05; done" for n in range(4)

@@ -37,12 +37,12 @@ Exit statuses
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import exec_, run, serve, status
 from ._args import Formatter, UsageError, fill
 from ._console import (
     EXIT_CANNOT_EXECUTE,
@@ -50,9 +50,9 @@ from ._console import (
     EXIT_NOT_FOUND,
     EXIT_TIMEOUT,
     EXIT_USAGE,
+    SLOTS_VARIABLE,
 )
 from ._supervise import die_of, in_main_thread
-from .exec_ import SLOTS_VARIABLE
 
 __all__ = [
     "EXIT_CANNOT_EXECUTE",
@@ -65,7 +65,29 @@ __all__ = [
 ]
 
 
-def _build_parser(prog: str | None) -> argparse.ArgumentParser:
+#: Each command's module and its line in ``makejobs --help``, in that list's order.
+#: Only the module of the command being run is imported: ``makejobs run`` under
+#: ``make -j`` starts once per recipe, and start-up is most of what a short
+#: command line costs.
+_COMMANDS = {
+    "serve": ("serve", "create a pool of N slots and run a command under it"),
+    "exec": ("exec_", "hold slots of the inherited pool for a tool that takes a job count"),
+    "run": ("run", "run shell command lines in parallel on the pool"),
+    "status": ("status", "describe the pool this environment advertises"),
+}
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The command named in *argv*: its first word that is not an option."""
+    # The top-level options (--help, --version) take no value, so the first
+    # other word is the command, or a usage error argparse will report.
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def _build_parser(prog: str | None, argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "makejobs",
         formatter_class=Formatter,
@@ -78,9 +100,14 @@ def _build_parser(prog: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
-    # The order of --help's command list.
-    for command in (serve, exec_, run, status):
-        command.add_parser(subparsers)
+    chosen = _chosen_command(argv)
+    for name, (module_name, summary) in _COMMANDS.items():
+        if name == chosen:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            module.add_parser(subparsers, name, summary)
+        else:
+            # Enough for the command list of --help and for argparse's choices.
+            subparsers.add_parser(name, help=summary, formatter_class=Formatter)
     return parser
 
 
@@ -92,7 +119,9 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     command that ends because makejobs received SIGINT/SIGTERM/SIGHUP
     re-raises that signal on this process after cleaning up.
     """
-    parser = _build_parser(prog)
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = _build_parser(prog, argv)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:

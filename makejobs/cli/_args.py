@@ -8,6 +8,8 @@ argparse reports what it can check itself; what only a command can check
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import textwrap
 from collections.abc import Sequence
 
@@ -19,8 +21,39 @@ __all__ = [
     "split_command",
 ]
 
-#: Every parser keeps the line breaks of its epilog (tables, examples).
-Formatter = argparse.RawDescriptionHelpFormatter
+
+def _terminal_columns() -> int:
+    """The width help is laid out for: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every parser keeps the line breaks of its epilog (tables, examples).
+
+    The width is found as :func:`shutil.get_terminal_size` would (argparse's
+    default), without importing :mod:`shutil`: argparse makes a formatter for
+    every ``add_argument`` call, and shutil's imports are a tenth of a
+    command's start-up.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = max(_terminal_columns() - 2, 11)
+        super().__init__(prog, indent_increment, max_help_position, width)
+
 _HELP_WIDTH = 88
 
 

@@ -1,6 +1,6 @@
-"""How every ``makejobs`` command reports to its caller: exit statuses and stderr lines.
+"""How every ``makejobs`` command reports to its caller: exit statuses, stderr lines, variables.
 
-The exit statuses are part of the command line's interface (see
+The exit statuses and :data:`SLOTS_VARIABLE` are part of the command line's interface (see
 :mod:`makejobs.cli`) and are re-exported there.
 """
 
@@ -14,6 +14,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
+    "SLOTS_VARIABLE",
     "say",
 ]
 
@@ -24,6 +25,10 @@ EXIT_TIMEOUT = 124
 EXIT_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
+
+#: The variable ``makejobs exec`` sets to the number of slots it holds, unless
+#: ``--env`` names others.
+SLOTS_VARIABLE = "MAKEJOBS_SLOTS"
 
 
 def say(command: str, message: str) -> None:

@@ -23,14 +23,19 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
-from typing import Any
 
 from ._console import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, say
+
+# Not typing's TYPE_CHECKING (see makejobs/__init__.py). subprocess is only
+# named in annotations: ``makejobs run`` starts its commands without it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from types import FrameType
+    from typing import Any
 
 __all__ = [
     "CAUGHT",
@@ -267,11 +272,13 @@ def wait_child(
     the handler.
     """
     if not catcher.active or not hasattr(signal, "sigtimedwait"):
+        from subprocess import TimeoutExpired  # loaded already: *child* is a Popen
+
         while True:
             try:
                 child.wait(None if every_second is None else 1.0)
                 return
-            except subprocess.TimeoutExpired:
+            except TimeoutExpired:
                 reap_others(child.pid)
                 if every_second is not None:
                     every_second()

@@ -41,12 +41,12 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from time import monotonic
 
+from .._posix import usable_cpus
 from ..errors import Blocked, JobserverUnavailable, PoolBroken
-from ..jobserver import usable_cpus
 from ..pool import ENVIRON_VARIABLES, Token, TokenPool
 from ..protocol import parse_makeflags, replace_auth
 from ._args import Formatter, UsageError, check_slots, fill, split_command
-from ._console import EXIT_FAILED, EXIT_TIMEOUT, say
+from ._console import EXIT_FAILED, EXIT_TIMEOUT, SLOTS_VARIABLE, say
 from ._supervise import (
     REKILL,
     SignalCatcher,
@@ -58,9 +58,6 @@ from ._supervise import (
 )
 
 __all__ = ["SLOTS_VARIABLE", "add_parser", "command"]
-
-#: Default variable ``exec`` puts the number of slots in.
-SLOTS_VARIABLE = "MAKEJOBS_SLOTS"
 
 
 def _check_seconds(value: str) -> float:
@@ -221,12 +218,14 @@ def command(args: argparse.Namespace) -> int:
     return status
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``exec`` and its options to the ``makejobs`` parser."""
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> None:
+    """Add ``exec`` (as *name*, listed with *summary*) and its options to the parser."""
     parser = subparsers.add_parser(
-        "exec",
+        name,
         formatter_class=Formatter,
-        help="hold slots of the inherited pool for a tool that takes a job count",
+        help=summary,
         description=fill(
             "Take between --min and --max slots of the inherited pool (this"
             " process's implicit slot counts as one), put their number in the environment, run"

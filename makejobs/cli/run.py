@@ -19,6 +19,14 @@ While stderr is a terminal a progress line ``[done/total] running,
 failed`` is kept at its bottom. Without ``--keep-going`` no command is
 started after the first failure (those running finish); at the end a
 summary lists the failed commands and the exit status is 1.
+
+Commands are started with :func:`os.posix_spawn` (``vfork`` + ``exec`` in
+the C library), not :class:`subprocess.Popen`: with hundreds of short
+commands, what ``run`` spends per command is what keeps it from matching
+``make -j``. The pool's environment is built once, and the pool's
+descriptors are made inheritable for the life of the run, while every
+other inherited descriptor is marked close-on-exec once at the start, so
+a command inherits exactly what ``subprocess`` would have given it.
 """
 
 from __future__ import annotations
@@ -27,27 +35,33 @@ import argparse
 import os
 import selectors
 import signal
-import subprocess
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any, TextIO
 
+from .._posix import usable_cpus
 from ..errors import JobserverUnavailable, PoolBroken
-from ..jobserver import usable_cpus
 from ..pool import Token, TokenPool
-from ..process import JobPopen
 from ._args import Formatter, UsageError, check_slots, fill
 from ._console import EXIT_FAILED, say
 from ._supervise import CAUGHT, REKILL, die_of, in_main_thread, signal_name
 from ._token_count import close_counting
 
+TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any, TextIO
+
 __all__ = ["add_parser", "command"]
 
 _CLEAR_LINE = "\r\x1b[K"
+_SHELL = "/bin/sh"
+# Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (what
+# subprocess's restore_signals does).
+_DEFAULT_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
 
 
 def _describe_status(returncode: int) -> str:
@@ -83,26 +97,84 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _own_process_group() -> dict[str, Any]:
-    """Popen arguments that start the child in a process group of its own."""
-    if sys.version_info >= (3, 11):
-        return {"process_group": 0}
-    return {"preexec_fn": os.setpgrp}
+def _open_descriptors() -> list[int]:
+    """The descriptors open in this process (those above 2: the standard ones stay)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        # listdir's own descriptor is in the list, closed by now: harmless below.
+        return sorted(int(name) for name in names if name.isdigit() and int(name) > 2)
+    return []
 
 
-@dataclass(eq=False)
+@contextmanager
+def _inheritance(keep: Sequence[int]) -> Iterator[None]:
+    """Let commands inherit exactly stdin/stdout/stderr and *keep* while the block runs.
+
+    posix_spawn closes nothing: a command gets every descriptor not marked
+    close-on-exec. So descriptors this process inherited are marked once (as
+    ``subprocess`` would close them in every child) and *keep*, the pool's
+    descriptors, are made inheritable; *keep* gets its old flag back at the end.
+    Flags belong to this process's descriptors, not to what they share with
+    other processes, so nobody else sees the change.
+    """
+    for fd in _open_descriptors():
+        if fd not in keep:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # closed meanwhile (listdir's own descriptor)
+    before = [os.get_inheritable(fd) for fd in keep]
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    try:
+        yield
+    finally:
+        for fd, was in zip(keep, before):
+            try:
+                os.set_inheritable(fd, was)
+            except OSError:
+                pass  # the pool is gone (closed while unwinding)
+
+
+_HAVE_PIDFD = hasattr(os, "pidfd_open")
+
+
+def _reap(pid: int) -> int:
+    """Wait for *pid*; its exit status as subprocess reports it (-N: killed by signal N)."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 class _Job:
     """One command line of ``makejobs run`` and what it produced."""
 
-    number: int
-    line: str
-    proc: JobPopen | None = None
-    out: list[bytes] = field(default_factory=list)
-    err: list[bytes] = field(default_factory=list)
-    fds: dict[int, list[bytes]] = field(default_factory=dict)  # open output fd -> buffer
-    pidfd: int | None = None
-    returncode: int | None = None
-    error: str | None = None
+    __slots__ = (
+        "err",
+        "error",
+        "fds",
+        "line",
+        "number",
+        "out",
+        "pid",
+        "pidfd",
+        "returncode",
+        "token",
+    )
+
+    def __init__(self, number: int, line: str) -> None:
+        self.number = number
+        self.line = line
+        self.pid: int | None = None
+        self.token: Token | None = None  # held from start to reaping
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.fds: dict[int, list[bytes]] = {}  # open output fd -> buffer
+        self.pidfd: int | None = None
+        self.returncode: int | None = None
+        self.error: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -148,6 +220,7 @@ class _Runner:
         self.interrupted: int | None = None
         self.signals: list[int] = []
         self.selector = selectors.DefaultSelector()
+        self.environ = pool.environ()  # every command gets the same one
         self.watching_pool = False
         self._wake_r: int | None = None
 
@@ -189,37 +262,62 @@ class _Runner:
     # -- commands -------------------------------------------------------------
 
     def _start(self, job: _Job, token: Token) -> None:
+        job.token = token
+        out_r, out_w = os.pipe()
+        err_r, err_w = (out_r, out_w) if self.merge else os.pipe()
         try:
-            proc = JobPopen(
-                job.line,
-                pool=self.pool,
-                token=token,
-                shell=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT if self.merge else subprocess.PIPE,
-                **_own_process_group(),
+            job.pid = os.posix_spawn(
+                _SHELL,
+                [_SHELL, "-c", job.line],
+                self.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                setpgroup=0,
+                setsigdef=_DEFAULT_SIGNALS,
             )
         except OSError as e:
-            job.error = f"cannot start /bin/sh: {e}"
+            for fd in {out_r, out_w, err_r, err_w}:
+                os.close(fd)
+            self._give_back(job)
+            job.error = f"cannot start {_SHELL}: {e}"
             self._finish(job)
             return
-        job.proc = proc
+        finally:
+            # Only the command may hold the write ends: their end-of-file is its exit.
+            for fd in {out_w, err_w}:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # already closed on the failure path
         self.running.append(job)
-        for stream, buffer in ((proc.stdout, job.out), (proc.stderr, job.err)):
-            if stream is not None:
-                fd = stream.fileno()
-                os.set_blocking(fd, False)
-                job.fds[fd] = buffer
-                self.selector.register(fd, selectors.EVENT_READ, ("output", job))
-        if hasattr(os, "pidfd_open"):
+        job.fds[out_r] = job.out
+        if err_r != out_r:
+            job.fds[err_r] = job.err
+        for fd in job.fds:
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ, ("output", job))
+        if _HAVE_PIDFD:
             try:
-                job.pidfd = os.pidfd_open(proc.pid)
+                job.pidfd = os.pidfd_open(job.pid)
             except OSError:
                 job.pidfd = None
         if job.pidfd is not None:
             self.selector.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         self._draw()
+
+    def _give_back(self, job: _Job) -> None:
+        """Return the command's slot to the pool (once its process is reaped)."""
+        token, job.token = job.token, None
+        if token is None:
+            return
+        try:
+            self.pool.release(token)
+        except PoolBroken as e:
+            self.broken = str(e)
+            self.stopping = True
 
     def _read(self, job: _Job, fd: int, *, until_empty: bool) -> None:
         """Read what *fd* has (all of it when *until_empty*); close it at end-of-file."""
@@ -239,19 +337,17 @@ class _Runner:
     def _close_output(self, job: _Job, fd: int) -> None:
         self.selector.unregister(fd)
         del job.fds[fd]
-        assert job.proc is not None
-        for stream in (job.proc.stdout, job.proc.stderr):
-            if stream is not None and not stream.closed and stream.fileno() == fd:
-                stream.close()
+        os.close(fd)
 
     def _exited(self, job: _Job) -> None:
         """The command's process ended: reap it (its slot goes back), collect its output."""
-        assert job.proc is not None
+        assert job.pid is not None
         if job.pidfd is not None:
             self.selector.unregister(job.pidfd)
             os.close(job.pidfd)
             job.pidfd = None
-        job.returncode = job.proc.wait()
+        job.returncode = _reap(job.pid)
+        self._give_back(job)
         # What it wrote before exiting is in the pipes; a background process
         # that inherited them must not hold this command's output hostage.
         for fd in list(job.fds):
@@ -336,9 +432,9 @@ class _Runner:
                 self.interrupted = signum
             self.stopping = True
             for job in self.running:
-                assert job.proc is not None
+                assert job.pid is not None
                 try:
-                    os.killpg(job.proc.pid, signum)
+                    os.killpg(job.pid, signum)
                 except OSError:
                     pass
 
@@ -346,7 +442,7 @@ class _Runner:
 
     def run(self) -> None:
         """Run every command (or until stopped) and wait for all that started."""
-        with self._signals():
+        with self._signals(), _inheritance(self.pool.pass_fds):
             self._draw()
             while True:
                 if self.signals and self._wake_r is not None:
@@ -454,12 +550,14 @@ def command(args: argparse.Namespace) -> int:
     return status
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``run`` and its options to the ``makejobs`` parser."""
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> None:
+    """Add ``run`` (as *name*, listed with *summary*) and its options to the parser."""
     parser = subparsers.add_parser(
-        "run",
+        name,
         formatter_class=Formatter,
-        help="run shell command lines in parallel on the pool",
+        help=summary,
         description=fill(
             "Run shell command lines (one per line, via /bin/sh -c) in parallel, each"
             " on one slot of the inherited pool, or of a new pool of N when there is none. Each"

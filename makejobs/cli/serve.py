@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 
-from ..jobserver import usable_cpus
+from .._posix import usable_cpus
 from ..pool import TokenPool
 from ._args import Formatter, check_slots, fill, split_command
 from ._console import EXIT_FAILED, say
@@ -160,12 +160,14 @@ def command(args: argparse.Namespace) -> int:
     return status
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``serve`` and its options to the ``makejobs`` parser."""
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> None:
+    """Add ``serve`` (as *name*, listed with *summary*) and its options to the parser."""
     parser = subparsers.add_parser(
-        "serve",
+        name,
         formatter_class=Formatter,
-        help="create a pool of N slots and run a command under it",
+        help=summary,
         description=fill(
             "Create a jobserver pool of N slots, export it to CMD (MAKEFLAGS,"
             " CARGO_MAKEFLAGS and, for a pipe, its fds), run CMD on the pool's implicit slot and"

@@ -184,12 +184,14 @@ def command(args: argparse.Namespace) -> int:
     return 2 if report["advertised"] else 1
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``status`` and its options to the ``makejobs`` parser."""
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> None:
+    """Add ``status`` (as *name*, listed with *summary*) and its options to the parser."""
     parser = subparsers.add_parser(
-        "status",
+        name,
         formatter_class=Formatter,
-        help="describe the pool this environment advertises",
+        help=summary,
         description=fill(
             "Describe the jobserver pool this environment advertises (CARGO_MAKEFLAGS,"
             " MAKEFLAGS, MFLAGS): the variable, style, fds or fifo path, -j, whether it can be"
