@@ -33,10 +33,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = [
     "PEER_KEYS",
@@ -193,6 +193,27 @@ _SPECS: dict[str, _Spec] = {
 }
 
 PEER_KEYS: tuple[str, ...] = tuple(_SPECS)
+
+
+def run_captured(
+    argv: Sequence[str], cwd: Path, timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv* in *cwd* to the end with no stdin, capturing its output as text."""
+    return subprocess.run(
+        list(argv),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    """A finished process's status and output, for assertion messages."""
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 def clean_environ(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from makejobs.protocol import FifoAuth, parse_makeflags
-from peers import Peer, clean_environ
+from peers import Peer, clean_environ, describe, run_captured
 from spans import peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent
@@ -69,20 +69,7 @@ def makejobs(*args: str) -> list[str]:
 
 
 def run(argv: Sequence[str], cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-        **kwargs,
-    )
-
-
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    return run_captured(argv, cwd, RUN_TIMEOUT, **kwargs)
 
 
 def assert_tokens_back(proc: subprocess.CompletedProcess[str]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from peers import Peer, clean_environ
+from peers import Peer, clean_environ, describe
 from spans import LogError, Span, peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent
@@ -93,10 +93,6 @@ VARIANTS = {
 def q(word: object) -> str:
     """Quote a word for a recipe line's shell, with '$' doubled for make."""
     return shlex.quote(str(word)).replace("$", "$$")
-
-
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 class Run:

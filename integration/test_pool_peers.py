@@ -31,7 +31,7 @@ import pytest
 
 from makejobs.errors import TokenCountWarning
 from makejobs.pool import Style, TokenPool
-from peers import Peer, clean_environ
+from peers import Peer, clean_environ, describe, run_captured
 from spans import LogError, Span, peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent
@@ -67,20 +67,7 @@ def mk_quote(word: object) -> str:
 
 
 def run_peer(argv: Sequence[str], cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-        **kwargs,
-    )
-
-
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    return run_captured(argv, cwd, RUN_TIMEOUT, **kwargs)
 
 
 def assert_make_clean(proc: subprocess.CompletedProcess[str]) -> None:
