@@ -41,10 +41,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 
@@ -74,6 +72,10 @@ class Ledger:
     @classmethod
     def create(cls, reader: int, *, dir: str | None = None) -> Ledger:
         """A new, private (mode 0700) ledger for the pool read through *reader*."""
+        # tempfile and shutil are imported where used: every makejobs command
+        # imports this module, few of them keep a ledger.
+        import tempfile
+
         path = tempfile.mkdtemp(prefix="makejobs-ledger-", dir=dir)
         with open(os.path.join(path, _POOL_FILE), "w", encoding="ascii") as f:
             f.write(pool_identity(reader))
@@ -116,6 +118,8 @@ class Ledger:
         return total
 
     def close(self) -> None:
+        import shutil
+
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -138,6 +142,8 @@ class Record:
                     return None
             # Lock under a temporary name, then rename: recovery only looks at
             # holder-* files, so it never sees a record before it is locked.
+            import tempfile
+
             fd, temporary = tempfile.mkstemp(prefix="new-", dir=ledger_path)
         except OSError:
             return None
