@@ -54,6 +54,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
             width = max(_terminal_columns() - 2, 11)
         super().__init__(prog, indent_increment, max_help_position, width)
 
+
 _HELP_WIDTH = 88
 
 
