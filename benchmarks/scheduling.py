@@ -113,6 +113,12 @@ def chunk(name: str, k: int, iterations: int, log: str) -> int:
     return k
 
 
+def _log_phase(log: str, name: str, phase: str) -> None:
+    """Mark the instant a Python recipe reached *phase* (its start-up is broken down by it)."""
+    now = time.time()
+    _log(log, f"phase {name}:{phase} {now:.6f} {now:.6f} {os.getpid()} -")
+
+
 def _step(argv: Sequence[str]) -> int:
     """A Python recipe: ``_step NAME CHUNKS ITERATIONS API MODE LOG``."""
     name, chunks_s, iterations_s, api, mode, log = argv
@@ -124,6 +130,7 @@ def _step(argv: Sequence[str]) -> int:
     elif api == "jobserver":
         from makejobs import Jobserver
 
+        _log_phase(log, name, "imported")
         with Jobserver(context="fork") as js:
             futures = [js.submit(chunk, (name, k, iterations, log)) for k in range(chunks)]
             done = [f.result() for f in futures]
@@ -131,6 +138,7 @@ def _step(argv: Sequence[str]) -> int:
     elif api == "executor":
         from makejobs import JobserverExecutor
 
+        _log_phase(log, name, "imported")
         with JobserverExecutor() as executor:
             done = list(
                 executor.map(
@@ -204,11 +212,20 @@ def makefile_text(*, mode: str, chunk_iterations: int, shell_iterations: int, lo
 
 def _parse_log(
     path: str,
-) -> tuple[list[tuple[str, float, float]], dict[str, tuple[float, float]], dict[str, float]]:
-    """(units, Python recipes, CPU seconds of the Python units) from a run's log."""
+) -> tuple[
+    list[tuple[str, float, float]],
+    dict[str, tuple[float, float]],
+    dict[str, float],
+    dict[str, float],
+]:
+    """(units, Python recipes, CPU seconds of the Python units, phases) from a run's log.
+
+    Phases are keyed ``"recipe:phase"`` (``py-b:imported``: makejobs is imported).
+    """
     units: list[tuple[str, float, float]] = []
     recipes: dict[str, tuple[float, float]] = {}
     cpu: dict[str, float] = {}
+    phases: dict[str, float] = {}
     with open(path) as f:
         for line in f:
             kind, name, start, end, _pid, seconds = line.split()
@@ -216,9 +233,11 @@ def _parse_log(
                 units.append((name, float(start), float(end)))
                 if seconds != "-":
                     cpu[name] = float(seconds)
+            elif kind == "phase":
+                phases[name] = float(start)
             else:
                 recipes[name] = (float(start), float(end))
-    return units, recipes, cpu
+    return units, recipes, cpu, phases
 
 
 def _peak(units: Sequence[tuple[str, float, float]]) -> int:
@@ -297,19 +316,23 @@ def _run_once(make: str, makefile: str, log: str, env: dict[str, str]) -> dict[s
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()[-800:]
         raise RuntimeError(f"{make} -j{SLOTS} exited {proc.returncode}: {err}")
-    units, recipes, cpu = _parse_log(log)
+    units, recipes, cpu, phases = _parse_log(log)
     expected = sum(c for _, c, _ in _PY_RECIPES) + _SHELL_RECIPES
     if len(units) != expected:
         raise RuntimeError(f"expected {expected} logged units, found {len(units)}")
     durations = [end - start for _, start, end in units]
     work = sum(durations)
     ideal = max(work / SLOTS, max(durations))
-    # How long each Python recipe ran before its first unit started (imports, pool, workers).
+    # How long each Python recipe ran before its first unit started (imports, pool, workers),
+    # and how much of that went to importing makejobs (the rest: pool, job processes).
     startup: dict[str, float] = {}
+    imports: dict[str, float] = {}
     for name, (start, _end) in recipes.items():
         firsts = [s for n, s, _ in units if n.split(":")[0] == name]
         if firsts:
             startup[name] = min(firsts) - start
+        if f"{name}:imported" in phases:
+            imports[name] = phases[f"{name}:imported"] - start
     return {
         "makespan": makespan,
         "work": work,
@@ -322,6 +345,7 @@ def _run_once(make: str, makefile: str, log: str, env: dict[str, str]) -> dict[s
         # CPU time over wall time of the Python chunks: below 1 when they waited for a CPU.
         "cpu_share": sum(cpu.values()) / sum(end - start for n, start, end in units if n in cpu),
         "py_startup_by_recipe": startup,
+        "py_import_by_recipe": imports,
     }
 
 
@@ -348,7 +372,9 @@ def run(
     ``max(work / 2, longest unit)``), ``efficiency`` (median over rounds of ideal
     / makespan), ``efficiency_min``, ``peak`` (most units at once, max over
     rounds), ``py_startup_s`` (median over rounds of the slowest Python recipe's
-    time from start to first unit), ``py_startup_by_recipe``, ``idle_slot_s``
+    time from start to first unit), ``py_startup_by_recipe``,
+    ``py_import_by_recipe`` (median of the part of it spent importing makejobs:
+    the rest is the pool, job processes and workers), ``idle_slot_s``
     (median of 2 x makespan - work), ``startup_slot_s`` (median of the summed
     start-up of the Python recipes), ``cpu_share`` (median of CPU time / wall time
     of the Python chunks), ``speedup`` (median over rounds of the serial
@@ -439,6 +465,7 @@ def run(
                 "peak": None,
                 "py_startup_s": None,
                 "py_startup_by_recipe": None,
+                "py_import_by_recipe": None,
                 "idle_slot_s": None,
                 "startup_slot_s": None,
                 "cpu_share": None,
@@ -470,11 +497,24 @@ def run(
                         )
                         for name, _, _ in _PY_RECIPES
                     },
+                    py_import_by_recipe=_median_by_recipe(values, "py_import_by_recipe"),
                 )
                 if variant == POOL and speedups.get(key):
                     row["speedup"] = float(statistics.median(speedups[key]))
             rows.append(row)
     return rows
+
+
+def _median_by_recipe(values: list[dict[str, Any]], field: str) -> dict[str, float]:
+    """Per Python recipe, the median over rounds of *field* (rounds that have it)."""
+    import statistics
+
+    out: dict[str, float] = {}
+    for name, _, _ in _PY_RECIPES:
+        seen = [v[field][name] for v in values if name in v[field]]
+        if seen:
+            out[name] = float(statistics.median(seen))
+    return out
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -527,6 +567,20 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             f" | {_fmt(row['cpu_share'], '.0%')}"
             f" | {_fmt(row['speedup'], '.2f', 'x')} |"
         )
+    for row in rows:
+        startup, imports = row.get("py_startup_by_recipe"), row.get("py_import_by_recipe")
+        if row["variant"] == POOL and startup and imports:
+            parts = [
+                f"{name} {startup[name] * 1e3:.0f} ms, of which {imports[name] * 1e3:.0f} ms"
+                " importing makejobs"
+                for name in startup
+                if name in imports
+            ]
+            notes.append(
+                f"- {row['make']}: Python recipe start to first chunk (median): "
+                + "; ".join(parts)
+                + " (the rest: pool, job processes and workers)"
+            )
     for v in verdicts(rows):
         notes.append(
             f"- target {v['what']} {v['target']}: {v['value']:.1%} {'ok' if v['ok'] else 'MISS'}"

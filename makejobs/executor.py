@@ -22,8 +22,13 @@ Design, and why:
 * **One manager thread that sleeps in poll().** It wakes on a submission
   (a byte on a wake pipe), a result (worker pipes), a free token (the pool
   fd) or room to send a large task (POLLOUT); nothing waits on a timer.
-  Results are read as they arrive, so a multi-megabyte result costs its
-  copy and nothing more.
+  Results are read as they arrive, each straight into one buffer of its
+  size and unpickled from there, and the worker gets its next task before
+  that unpickling: a multi-megabyte result costs the kernel's copy and the
+  unpickling, and nothing more.
+* **Workers that need not import.** With the forkserver start method the
+  server imports this module once (see :func:`_preload_in_forkserver`), so
+  a worker, a fork of it, is ready without importing makejobs itself.
 """
 
 from __future__ import annotations
@@ -55,35 +60,157 @@ from .pool import Token, TokenPool
 
 __all__ = ["JobserverExecutor"]
 
-_HEADER = struct.Struct(">Q")
+#: A frame's header: the length of the pickle that follows, and the frame's kind.
+_HEADER = struct.Struct(">QB")
+#: The kind of every frame the executor sends (a task).
+_TASK = 0
+#: Kinds of the frames a worker sends back. The kind travels outside the pickle so that
+#: the manager knows the worker's fate (next task, or it exits) before unpickling.
 _OK, _RAISED, _INIT_FAILED = 0, 1, 2
 #: The task's error, and the worker exits after it (SystemExit, KeyboardInterrupt).
 _LAST = 3
 
 
+# -- frames: a header (body length, kind), then a pickle ------------------------------------
+#
+# A frame crosses each pipe with no copy of ours: the sender hands header and body to
+# writev() together (no concatenation), the receiver reads the header, then the body
+# straight into one buffer of the right size, and unpickles from that buffer. The kernel's
+# copies and the pickle itself are all that a large result costs.
+
+
+def _advance(parts: list[memoryview], sent: int) -> list[memoryview]:
+    """What is left of *parts* once their first *sent* bytes are written."""
+    i = 0
+    while i < len(parts) and sent >= len(parts[i]):
+        sent -= len(parts[i])
+        i += 1
+    rest = parts[i:]
+    if sent:
+        rest[0] = rest[0][sent:]
+    return rest
+
+
+def _frame_parts(kind: int, body: bytes | bytearray) -> list[memoryview]:
+    """Header and body of one frame, ready for writev()."""
+    return [memoryview(_HEADER.pack(len(body), kind)), memoryview(body)]
+
+
+def _send(fd: int, kind: int, body: bytes) -> None:
+    """Write one frame to the blocking *fd*, however many writes it takes."""
+    parts = _frame_parts(kind, body)
+    while parts:
+        # A blocking pipe writes it all unless a signal interrupts it part way.
+        parts = _advance(parts, os.writev(fd, parts))
+
+
+def _fill(fd: int, view: memoryview) -> bool:
+    """Fill *view* from the blocking *fd*; False at end-of-file before it is full."""
+    got = 0
+    while got < len(view):
+        n = os.readv(fd, [view[got:]])
+        if not n:
+            return False
+        got += n
+    return True
+
+
+def _receive(fd: int) -> bytearray | None:
+    """The body of the next frame on the blocking *fd*; None at end-of-file."""
+    header = bytearray(_HEADER.size)
+    if not _fill(fd, memoryview(header)):
+        return None
+    body = bytearray(_HEADER.unpack(header)[0])  # every frame a worker gets is a task
+    with memoryview(body) as view:
+        if not _fill(fd, view):
+            return None
+    return body
+
+
+#: Bodies up to this size are read into a buffer that the reader keeps for the next frame.
+_KEPT_BUFFER_MAX = 4 << 20
+
+
+class _FrameReader:
+    """Reassembles frames from a non-blocking pipe, whatever pieces they arrive in.
+
+    The manager multiplexes every worker's result pipe, so it reads only what is
+    there and comes back when poll() says there is more. A frame's header goes
+    into a small buffer; once it is whole, the body is read straight into a
+    buffer of at least its size (one copy: the kernel's), and nothing is joined
+    or sliced afterwards. That buffer is kept for the next frame (up to
+    :data:`_KEPT_BUFFER_MAX`): a fresh one per frame would cost an allocation,
+    zero-filling it and, for large ones, a page fault per page, every time.
+    """
+
+    __slots__ = ("_buffer", "_got", "_header", "_in_body", "_kind", "_view")
+
+    def __init__(self) -> None:
+        self._header = memoryview(bytearray(_HEADER.size))
+        self._buffer = bytearray()  # reused for bodies up to _KEPT_BUFFER_MAX
+        self._in_body = False
+        self._kind = 0
+        self._view = self._header  # what the current read fills
+        self._got = 0  # bytes of it filled so far
+
+    @property
+    def partial(self) -> bool:
+        """True between a frame's first byte and its last."""
+        return self._got > 0 or self._in_body
+
+    def read(self, fd: int) -> tuple[int, memoryview] | None:
+        """Read from *fd* until a frame is whole or the pipe is empty.
+
+        Returns the whole frame's kind and body, or None when more is to come.
+        The body may be a view of the reader's own buffer: it is valid until the
+        next call. Stops after one frame: a worker sends one per task, so
+        nothing else is due (and if something is, poll() reports it again).
+
+        Raises:
+            EOFError: the writer closed the pipe (a partial frame is lost with it).
+        """
+        while True:
+            want = len(self._view) - self._got
+            if want:
+                try:
+                    n = os.readv(fd, [self._view[self._got :]])
+                except BlockingIOError:
+                    return None
+                if not n:
+                    raise EOFError
+                self._got += n
+                if n < want:
+                    continue
+            self._got = 0
+            if not self._in_body:
+                length, self._kind = _HEADER.unpack(self._header)
+                self._in_body = True
+                self._view = self._body_view(length)
+                continue  # an empty body is whole at once: the check above reads nothing
+            body, self._view, self._in_body = self._view, self._header, False
+            return self._kind, body
+
+    def _body_view(self, length: int) -> memoryview:
+        """A writable view of exactly *length* bytes for the next body."""
+        if length > _KEPT_BUFFER_MAX:
+            return memoryview(bytearray(length))  # its own, dropped with the frame
+        size = len(self._buffer)
+        if size < length or size > max(1 << 16, 8 * length):
+            # A new buffer, not a resize: the caller may still hold a view of the
+            # old one. Powers of two, so that slowly growing results do not
+            # reallocate every time; and a large buffer goes once results are
+            # small again, so a worker keeps about the size it returns, no more.
+            self._buffer = bytearray(1 << max(12, (length - 1).bit_length()))
+        return memoryview(self._buffer)[:length]
+
+
 # -- the worker process ---------------------------------------------------------------------
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _send(fd: int, body: bytes) -> None:
-    view = memoryview(_HEADER.pack(len(body)) + body)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _result_frame(task_id: int, kind: int, payload: Any) -> bytes:
+def _result_frame(task_id: int, kind: int, payload: Any) -> tuple[int, bytes]:
+    """The kind and body of a result frame; a payload that cannot be pickled is an error."""
     try:
-        return pickle.dumps((task_id, kind, payload), pickle.HIGHEST_PROTOCOL)
+        return kind, pickle.dumps((task_id, payload), pickle.HIGHEST_PROTOCOL)
     except Exception as e:
         what = "the result" if kind == _OK else "the exception"
         value = payload if kind == _OK else payload[0]
@@ -91,7 +218,8 @@ def _result_frame(task_id: int, kind: int, payload: Any) -> bytes:
         if kind == _RAISED:
             text = payload[1] + "\n" + text  # the task's own traceback first
         error = RuntimeError(f"{what} of type {type(value).__qualname__} cannot be pickled: {e}")
-        return pickle.dumps((task_id, _RAISED, (error, text)), pickle.HIGHEST_PROTOCOL)
+        body = pickle.dumps((task_id, (error, text)), pickle.HIGHEST_PROTOCOL)
+        return (_RAISED if kind == _OK else kind), body
 
 
 def _worker_main(
@@ -128,16 +256,13 @@ def _worker_main(
             initializer(*initargs)
         except BaseException as e:
             text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            _send(results, _result_frame(-1, _INIT_FAILED, text))
+            _send(results, *_result_frame(-1, _INIT_FAILED, text))
             return
     done = 0
     while max_tasks is None or done < max_tasks:
-        header = _read_exactly(tasks, _HEADER.size)
-        if header is None:
-            return  # the executor shut us down
-        body = _read_exactly(tasks, _HEADER.unpack(header)[0])
+        body = _receive(tasks)
         if body is None:
-            return
+            return  # the executor shut us down
         task_id = -1
         try:
             task_id, fn, args, kwargs = pickle.loads(body)
@@ -152,9 +277,9 @@ def _worker_main(
                 f"the task ended its worker (pid {os.getpid()}) with"
                 f" {type(e).__name__}{detail} instead of returning"
             )
-            _send(results, _result_frame(task_id, _LAST, (died, text)))
+            _send(results, *_result_frame(task_id, _LAST, (died, text)))
             return  # the task asked this process to end; a new worker replaces it
-        _send(results, frame)
+        _send(results, *frame)
         done += 1
 
 
@@ -180,8 +305,8 @@ class _Worker:
         self.pid: int = process.pid
         self.task_w = task_w
         self.result_r = result_r
-        self.inbox = bytearray()
-        self.outbox = bytearray()
+        self.reader = _FrameReader()
+        self.outbox: list[memoryview] = []  # what is left to write of the task sent to it
         self.task: _Task | None = None  # written under the manager's lock
         self.tasks_done = 0  # a worker with max_tasks_per_child exits by itself
         # kill() signalled it: it gets no further task, whether or not it dies.
@@ -241,6 +366,69 @@ def _default_context() -> BaseContext:
     return context
 
 
+def _preload_in_forkserver(context: BaseContext) -> None:
+    """Have the fork server import this module before it forks its first worker.
+
+    A forkserver worker is a fork of the server, so what the server imported
+    once, every worker has for free; otherwise each worker imports this module
+    (and through it makejobs, multiprocessing and concurrent.futures) itself
+    before its first task, tens of milliseconds per worker. This module is
+    added to whatever preload list is set (by default ``["__main__"]``), never
+    replaces it, and only if the server is not running yet: one server serves
+    the whole process and is not restarted for us.
+    """
+    if context.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    preload = getattr(server, "_preload_modules", None)
+    if getattr(server, "_forkserver_pid", 0) is not None or not isinstance(preload, list):
+        return  # running already (or a multiprocessing that we do not know)
+    if __name__ not in preload and _server_would_import_this_file():
+        context.set_forkserver_preload([*preload, __name__])
+
+
+def _server_would_import_this_file() -> bool:
+    """Whether a fork server started now would find this package where we did.
+
+    Before Python 3.12.8 and 3.13.1 the server ignores the sys.path it is
+    handed (CPython issue 117378): it imports its preload list on a fresh
+    interpreter's path, that is the current directory, PYTHONPATH, then the
+    site directories. Another copy of the package found there first (a
+    checkout in the current directory, say, while a script put its own copy
+    on sys.path) would give the workers other code than the parent runs, so
+    the first copy on that path must be this one. Not found there at all:
+    no preload (the workers import this module as before).
+    """
+    import site
+
+    package = __name__.partition(".")[0]
+    here = os.path.abspath(__file__)
+    for _ in range(__name__.count(".") + 1):
+        here = os.path.dirname(here)  # the directory the package was imported from
+    flags = sys.flags
+    path: list[str] = []
+    if not (flags.isolated or getattr(flags, "safe_path", False)):
+        path.append(os.getcwd())
+    if not flags.ignore_environment:
+        path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    try:
+        if site.ENABLE_USER_SITE and not flags.no_user_site:
+            path.append(site.getusersitepackages())
+        path += site.getsitepackages()
+    except AttributeError:  # pragma: no cover - a site module without them (python -S)
+        pass
+    for entry in path:
+        candidate = os.path.join(entry, package)
+        if os.path.isdir(candidate) or os.path.isfile(candidate + ".py"):
+            try:
+                return os.path.samefile(entry, here)
+            except OSError:
+                return False
+    return False
+
+
 class _Manager:
     """The executor's state and its manager thread.
 
@@ -282,6 +470,7 @@ class _Manager:
             raise TypeError("initializer must be callable")
         self._max_workers = max_workers
         self._context = mp_context if mp_context is not None else _default_context()
+        _preload_in_forkserver(self._context)
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._max_tasks = max_tasks_per_child
@@ -456,42 +645,54 @@ class _Manager:
         poller.register(self._wake_r, select.POLLIN)
         pool_fd = self._pool.fileno()
         watching_pool = False
+        changed = True  # something happened that dispatching or finishing depends on
         while True:
-            self._adopt_new_workers()
-            want_pool = self._dispatch()
-            with self._lock:
-                finished = self._shutdown and not self._pending and not self._running()
-            if finished:
-                return
-            if want_pool != watching_pool:
-                if want_pool:
-                    poller.register(pool_fd, select.POLLIN)
-                else:
-                    poller.unregister(pool_fd)
-                watching_pool = want_pool
+            if changed:
+                self._adopt_new_workers()
+                want_pool = self._dispatch()
+                with self._lock:
+                    finished = self._shutdown and not self._pending and not self._running()
+                if finished:
+                    return
+                if want_pool != watching_pool:
+                    if want_pool:
+                        poller.register(pool_fd, select.POLLIN)
+                    else:
+                        poller.unregister(pool_fd)
+                    watching_pool = want_pool
+            # Only a wake byte (submit, shutdown), a token, a whole frame or a worker's exit
+            # can change what to dispatch. A large result arrives in pipe-sized pieces, and
+            # a piece that does not finish its frame goes straight back to poll().
+            changed = False
             for fd, _mask in poller.poll():
                 if fd == self._wake_r:
                     with self._lock:
                         self._wake_sent = False
                         _drain(self._wake_r)
+                    changed = True
                 elif fd == pool_fd:
-                    continue  # _dispatch takes the token
+                    changed = True  # _dispatch takes the token
                 elif fd in self._workers:
-                    self._on_result_ready(self._workers[fd], poller)
+                    changed |= self._on_result_ready(self._workers[fd], poller)
                 else:
                     self._on_writable(fd, poller)
 
     def _running(self) -> int:
         return sum(1 for w in self._workers.values() if w.task is not None)
 
-    def _dispatch(self) -> bool:
-        """Hand pending tasks to workers while tokens last. True if waiting for a token."""
+    def _dispatch(self, start_workers: bool = True) -> bool:
+        """Hand pending tasks to workers while tokens last. True if waiting for a token.
+
+        Without *start_workers*, only idle workers get tasks.
+        """
         while True:
             with self._lock:
                 if not self._pending:
                     return False
             worker = self._idle[-1] if self._idle else None
             if worker is None:
+                if not start_workers:
+                    return False
                 with self._lock:
                     if self._worker_count() >= self._max_workers:
                         return False  # every worker is busy; a result will wake us
@@ -522,7 +723,7 @@ class _Manager:
             task.worker = worker
             with self._lock:
                 worker.task = task
-            worker.outbox += _HEADER.pack(len(task.body)) + task.body
+            worker.outbox += _frame_parts(_TASK, task.body)
             task.body = b""
             self._flush(worker)
 
@@ -591,19 +792,22 @@ class _Manager:
             new, self._new_workers = self._new_workers, []
         for worker in new:
             self._adopt(worker)
-            self._idle.append(worker)
+        # Tasks go to the top of the idle stack (the last one in). A worker just
+        # started may still be starting up, so new ones go underneath the warm
+        # ones, the first started on top of the others.
+        self._idle[:0] = reversed(new)
 
     def _flush(self, worker: _Worker) -> None:
         """Write as much of the worker's outbox as the pipe takes now."""
         if not worker.outbox or worker.task_w < 0:
             return
         try:
-            written = os.write(worker.task_w, worker.outbox)
+            written = os.writev(worker.task_w, worker.outbox)
         except BlockingIOError:
             written = 0
         except OSError:
             return  # the worker died; its result pipe will report it
-        del worker.outbox[:written]
+        worker.outbox = _advance(worker.outbox, written)
         if worker.outbox:
             self._poller.register(worker.task_w, select.POLLOUT)
 
@@ -615,74 +819,58 @@ class _Manager:
                 return
         poller.unregister(fd)
 
-    def _on_result_ready(self, worker: _Worker, poller: select.poll) -> None:
-        eof = False
-        while True:
-            try:
-                chunk = os.read(worker.result_r, 1 << 20)
-            except BlockingIOError:
-                break
-            if not chunk:
-                eof = True
-                break
-            worker.inbox += chunk
-        while len(worker.inbox) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(worker.inbox)
-            end = _HEADER.size + length
-            if len(worker.inbox) < end:
-                break
-            body = bytes(worker.inbox[_HEADER.size : end])
-            del worker.inbox[:end]
-            self._on_frame(worker, body)
-        if eof:
+    def _on_result_ready(self, worker: _Worker, poller: select.poll) -> bool:
+        """Read what the worker sent; True if a frame was whole or the worker is gone."""
+        try:
+            frame = worker.reader.read(worker.result_r)
+        except EOFError:
+            # It exited or died; a frame it had only begun to send dies with it.
             poller.unregister(worker.result_r)
             self._on_worker_exit(worker)
+            return True
+        if frame is None:
+            return False
+        self._on_frame(worker, *frame)
+        return True
 
-    def _on_frame(self, worker: _Worker, body: bytes) -> None:
-        try:
-            _task_id, kind, payload = pickle.loads(body)
-        except Exception as e:
-            _task_id, kind, payload = (
-                -2,
-                _RAISED,
-                (
-                    RuntimeError(f"a task's result could not be unpickled here: {e!r}"),
-                    None,
-                ),
-            )
-        if kind == _INIT_FAILED:
-            reason = f"a worker's initializer raised:\n{payload}"
-            self._break(reason)
-            with self._lock:
-                task, worker.task = worker.task, None
-            if task is not None:
-                self._finish(task)
-                task.future.set_exception(BrokenProcessPool(reason))
-            return
+    def _on_frame(self, worker: _Worker, kind: int, body: memoryview) -> None:
+        """A whole result frame: settle the worker, then the task's future.
+
+        The worker gets its next task before the result is unpickled, so that
+        it works while this thread copies a large result out of the buffer.
+        """
         # A worker runs one task at a time, so a frame is about its current
         # task, even one whose id it could not read (its arguments failed to
         # unpickle there).
         with self._lock:
             task, worker.task = worker.task, None
             doomed = worker.doomed
+        if kind == _INIT_FAILED:
+            reason = f"a worker's initializer raised:\n{_load(kind, body)[1]}"
+            self._break(reason)
+            if task is not None:
+                self._finish(task)
+                task.future.set_exception(BrokenProcessPool(reason))
+            return
         if task is None:
             return
         self._finish(task)
+        worker.tasks_done += 1
+        if kind == _LAST or (self._max_tasks is not None and worker.tasks_done >= self._max_tasks):
+            pass  # it exits by itself; its end-of-file cleans up
+        elif doomed:
+            self._retire(worker)  # a signal is on its way to it: no new task
+        elif not self._shutdown or self._pending:
+            self._idle.append(worker)
+            self._dispatch(start_workers=False)
+        else:
+            self._retire(worker)
+        kind, payload = _load(kind, body)
         if kind == _OK:
             task.future.set_result(payload)
         else:
             exc, text = payload
             task.future.set_exception(_child.attach_traceback(exc, text))
-        worker.tasks_done += 1
-        if kind == _LAST or (self._max_tasks is not None and worker.tasks_done >= self._max_tasks):
-            return  # it exits by itself; its end-of-file cleans up
-        if doomed:
-            self._retire(worker)  # a signal is on its way to it: no new task
-            return
-        if not self._shutdown or self._pending:
-            self._idle.append(worker)
-        else:
-            self._retire(worker)
 
     def _on_worker_exit(self, worker: _Worker) -> None:
         """The worker's result pipe hit end-of-file: it exited or died."""
@@ -880,6 +1068,18 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def _load(kind: int, body: memoryview) -> tuple[int, Any]:
+    """A result frame's kind and payload; one that cannot be unpickled here is an error."""
+    try:
+        # Straight from the reader's buffer, no copy first; the payload is copied out of
+        # it, so the buffer may take the next frame.
+        _task_id, payload = pickle.loads(body)
+    except Exception as e:
+        error = RuntimeError(f"a task's result could not be unpickled here: {e!r}")
+        return (_RAISED if kind == _OK else kind), (error, None)
+    return kind, payload
 
 
 def _chunks(iterable: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:

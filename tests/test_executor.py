@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import itertools
 import json
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from makejobs import (
     TokenPool,
     usable_cpus,
 )
+from makejobs.executor import _HEADER, _KEPT_BUFFER_MAX, _advance, _FrameReader, _send
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -981,6 +984,367 @@ def test_serial_round_trips_do_not_stall() -> None:
         for _ in range(5):
             assert len(executor.submit(big_bytes, 1 << 20).result(timeout=PATIENCE)) == 1 << 20
         assert time.monotonic() - started < 8.0
+
+
+# -- frames on the pipes ---------------------------------------------------------------------
+
+
+def pipe_capacity(fd: int) -> int:
+    """Bytes a pipe holds before a writer blocks (Linux tells; elsewhere the usual 64 KiB)."""
+    import fcntl
+
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", None)
+    return int(fcntl.fcntl(fd, get_size)) if get_size is not None else 1 << 16
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """A pipe whose read end is non-blocking, as the manager's ends of result pipes are."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    fds = [r, w]
+    yield r, w
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def frame(body: bytes, kind: int = 1) -> bytes:
+    return _HEADER.pack(len(body), kind) + body
+
+
+def test_a_frame_delivered_in_many_small_pieces_is_reassembled(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    body = pickle.dumps((7, 0, list(range(300))))
+    data = frame(body)
+    reader = _FrameReader()
+    assert reader.read(r) is None and not reader.partial  # nothing there yet
+    # Cuts inside the header, across its end, and all through the body.
+    sizes = itertools.cycle([1, 2, 3, 5, 8, 13])
+    offset = 0
+    while offset < len(data):
+        piece = data[offset : offset + next(sizes)]
+        offset += len(piece)
+        os.write(w, piece)
+        got = reader.read(r)
+        if offset < len(data):
+            assert got is None and reader.partial, offset
+        else:
+            assert got == (1, body) and not reader.partial
+    # A second frame and a third one written together: one per call, in order.
+    os.write(w, frame(b"second", 2) + frame(b"third", 3))
+    assert reader.read(r) == (2, b"second")
+    assert reader.read(r) == (3, b"third")
+    assert reader.read(r) is None
+
+
+def test_a_shorter_frame_after_a_longer_one_is_exactly_itself(pipe: tuple[int, int]) -> None:
+    """The reader keeps its buffer for the next frame; no byte of the last one shows."""
+    r, w = pipe
+    reader = _FrameReader()
+    os.write(w, frame(b"a longer frame body" * 50))
+    assert reader.read(r) == (1, b"a longer frame body" * 50)
+    os.write(w, frame(b"short", 2))
+    assert reader.read(r) == (2, b"short")
+
+
+def send_and_read(
+    w: int, r: int, frames: list[tuple[int, bytes]]
+) -> list[tuple[int, bytes, bytearray]]:
+    """Send *frames* from a thread (they may outgrow the pipe); read them as the manager does.
+
+    Returns per frame its kind, its body and the reader's kept buffer right after it.
+    """
+    writer = threading.Thread(target=lambda: [_send(w, kind, body) for kind, body in frames])
+    writer.start()
+    reader = _FrameReader()
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    got: list[tuple[int, bytes, bytearray]] = []
+    while len(got) < len(frames):
+        assert poller.poll(PATIENCE * 1000), "no data arrived"
+        frame_read = reader.read(r)
+        if frame_read is not None:
+            got.append((frame_read[0], bytes(frame_read[1]), reader._buffer))
+    writer.join()
+    return got
+
+
+def test_the_reader_keeps_a_large_buffer_only_while_results_are_large(
+    pipe: tuple[int, int],
+) -> None:
+    """White box: the kept buffer is about the size of recent bodies, not the largest ever."""
+    r, w = pipe
+    big = os.urandom(300_000)
+    frames = [(1, big), (1, big[:-1]), (0, b"tiny")]
+    got = send_and_read(w, r, frames)
+    assert [(kind, body) for kind, body, _ in got] == frames
+    (_, _, first), (_, _, second), (_, _, last) = got
+    assert len(first) >= len(big) and second is first  # reused, not allocated again
+    assert len(last) < len(big)  # the large one went once results were small again
+
+
+def test_a_body_above_the_kept_buffer_size_arrives_intact(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    big = os.urandom(1024) * (_KEPT_BUFFER_MAX // 1024) + b"!"
+    got = send_and_read(w, r, [(1, big), (0, b"next")])
+    assert [(kind, body) for kind, body, _ in got] == [(1, big), (0, b"next")]
+
+
+def test_a_zero_length_body_is_a_whole_frame(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    reader = _FrameReader()
+    os.write(w, frame(b"") + frame(b"after"))
+    assert reader.read(r) == (1, b"")
+    assert reader.read(r) == (1, b"after")
+
+
+def test_end_of_file_inside_a_frame_is_reported(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    reader = _FrameReader()
+    os.write(w, frame(b"whole") + frame(b"0123456789")[: _HEADER.size + 4])
+    assert reader.read(r) == (1, b"whole")
+    assert reader.read(r) is None and reader.partial
+    os.close(w)
+    with pytest.raises(EOFError):
+        reader.read(r)
+
+
+def test_end_of_file_inside_a_header_is_reported(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    reader = _FrameReader()
+    os.write(w, b"\x00\x00\x00")
+    assert reader.read(r) is None and reader.partial
+    os.close(w)
+    with pytest.raises(EOFError):
+        reader.read(r)
+
+
+@pytest.mark.parametrize("extra", [-_HEADER.size, 0, 1])
+def test_frames_around_the_pipe_capacity_arrive_intact(pipe: tuple[int, int], extra: int) -> None:
+    """A frame that exactly fills the pipe, a body of exactly its capacity, one byte more."""
+    r, w = pipe
+    size = pipe_capacity(w) + extra
+    body = bytes(range(256)) * (size // 256) + b"\x5a" * (size % 256)
+    writer = threading.Thread(target=_send, args=(w, 0, body))  # blocks once the pipe is full
+    writer.start()
+    reader = _FrameReader()
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    got = None
+    while got is None:
+        assert poller.poll(PATIENCE * 1000), "no data arrived"
+        got = reader.read(r)
+    writer.join()
+    assert got[0] == 0 and len(got[1]) == size and got[1] == body
+    assert reader.read(r) is None and not reader.partial
+
+
+def test_send_finishes_a_frame_after_partial_writes(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writev may take only part of what it was given (a signal, a full non-blocking pipe)."""
+    r, w = pipe
+    real_writev = os.writev
+    calls = []
+
+    def stingy_writev(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        return real_writev(fd, [bytes(memoryview(buffers[0])[:3])])  # 3 bytes at most
+
+    monkeypatch.setattr(os, "writev", stingy_writev)
+    _send(w, 3, b"partial writes")
+    monkeypatch.undo()
+    # 9 header bytes in 3 calls (both parts offered), then 14 body bytes in 5 (the body only).
+    assert calls == [2, 2, 2, 1, 1, 1, 1, 1]
+    assert _FrameReader().read(r) == (3, b"partial writes")
+
+
+def test_advance_drops_exactly_what_was_written() -> None:
+    def left(parts: list[bytes], sent: int) -> list[bytes]:
+        return [bytes(p) for p in _advance([memoryview(p) for p in parts], sent)]
+
+    assert left([b"head", b"body"], 0) == [b"head", b"body"]
+    assert left([b"head", b"body"], 3) == [b"d", b"body"]
+    assert left([b"head", b"body"], 4) == [b"body"]
+    assert left([b"head", b"body"], 6) == [b"dy"]
+    assert left([b"head", b"body"], 8) == []
+    assert left([b"head", b""], 4) == []  # an empty body is nothing left to write
+
+
+def echo_bytes(data: bytes) -> bytes:
+    return data
+
+
+def test_results_and_arguments_of_every_size_around_the_pipe_capacity() -> None:
+    """Some result frame here fills the pipe exactly, some body is exactly its capacity."""
+    r, w = os.pipe()
+    capacity = pipe_capacity(w)
+    os.close(r)
+    os.close(w)
+    sizes = range(capacity - 80, capacity + 24)
+    with executor_on(2) as (executor, _):
+        futures = {n: executor.submit(big_bytes, n) for n in sizes}
+        for n, future in futures.items():
+            assert future.result(timeout=PATIENCE) == b"\xa5" * n, n
+        payloads = {n: os.urandom(n) for n in (0, capacity - 60, capacity, capacity + 1)}
+        echoed = {n: executor.submit(echo_bytes, data) for n, data in payloads.items()}
+        for n, future in echoed.items():
+            assert future.result(timeout=PATIENCE) == payloads[n], n
+
+
+MID_FRAME_SCRIPT = textwrap.dedent(
+    """
+    import faulthandler, os, sys, time
+    from pathlib import Path
+    import makejobs.executor as executor_module
+    from makejobs import Jobserver, JobserverExecutor, SubmissionDied, TokenPool
+
+    _real_send = executor_module._send
+
+    def _send_then_die(fd, kind, body):
+        # Fault injection: a worker that dies while its result is on the wire. Workers
+        # load this script as __mp_main__ before their first task, so this runs there.
+        header = executor_module._HEADER.pack(len(body), kind)
+        if b"cut-in-header" in body:
+            os.write(fd, header[:3])
+            os._exit(7)
+        if b"cut-in-body" in body:
+            data = header + body
+            os.write(fd, data[: len(data) // 2])
+            os._exit(7)
+        _real_send(fd, kind, body)
+
+    executor_module._send = _send_then_die
+
+    def reply(value, gate=None):
+        if gate is not None:
+            Path(gate + ".started").touch()
+            while not os.path.exists(gate):
+                time.sleep(0.002)  # polls for the gate; the test never waits on a timer
+        return value
+
+    if __name__ == "__main__":
+        faulthandler.dump_traceback_later(20, exit=True)  # show where it hangs
+        gate = sys.argv[1]
+        pool = TokenPool.create(2)
+        executor = JobserverExecutor(2, jobserver=Jobserver(pool=pool))
+        neighbour = executor.submit(reply, "neighbour", gate)
+        while not os.path.exists(gate + ".started"):
+            time.sleep(0.002)
+        outcomes = []
+        big = "cut-in-body" + "x" * (4 << 20)  # bigger than the pipe: it arrives in pieces
+        for value in ("cut-in-header", big, "cut-in-body"):
+            error = executor.submit(reply, value).exception(timeout=20)
+            outcomes.append(
+                type(error).__name__ + ":" + str(getattr(error, "exitcode", None))
+            )
+            assert not neighbour.done()
+        Path(gate).touch()
+        outcomes.append(neighbour.result(timeout=20))
+        outcomes.append(executor.submit(reply, "after").result(timeout=20))
+        executor.shutdown(wait=True)
+        outcomes.append(pool.close())
+        print(" ".join(map(str, outcomes)))
+    """
+)
+
+
+def test_a_worker_that_dies_mid_frame_fails_only_its_own_task(tmp_path: Path) -> None:
+    script = tmp_path / "mid_frame.py"
+    script.write_text(MID_FRAME_SCRIPT)
+    env = clean_environ()
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "gate")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the executor hung on a frame cut short\n{err}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert out.split() == [
+        "SubmissionDied:7",
+        "SubmissionDied:7",
+        "SubmissionDied:7",
+        "neighbour",
+        "after",
+        "1",  # every token back
+    ], err
+
+
+PRELOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, multiprocessing, os, sys
+    if sys.argv[1] == "not-on-path":  # makejobs only on this process's own sys.path
+        sys.path.insert(0, sys.argv[2])
+    from multiprocessing import forkserver
+    import psutil
+    from makejobs import JobserverExecutor
+
+    if __name__ == "__main__":
+        context = multiprocessing.get_context("forkserver")
+        if sys.argv[1] == "custom":
+            context.set_forkserver_preload(["json"])
+        elif sys.argv[1] == "running":  # a server started before, without our module
+            process = context.Process(target=abs, args=(1,))
+            process.start()
+            process.join()
+        elif sys.argv[1] == "shadowed":  # another makejobs in the current directory
+            os.mkdir("makejobs")
+        with JobserverExecutor(1, mp_context=context) as executor:
+            assert executor.submit(abs, -3).result() == 3
+            server = psutil.Process(forkserver._forkserver._forkserver_pid)
+            print(json.dumps(server.cmdline()))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "preload"),
+    [
+        ("default", ["__main__", "makejobs.executor"]),
+        ("custom", ["json", "makejobs.executor"]),  # added to the caller's list, not replacing it
+        ("running", ["__main__"]),  # a running server is left as it is
+        # The server (Python < 3.12.8) imports on a fresh interpreter's path, not ours: it
+        # would find another copy there, or none. The workers import makejobs themselves.
+        ("shadowed", ["__main__"]),
+        ("not-on-path", ["__main__"]),
+    ],
+)
+def test_the_fork_server_preloads_the_worker_side(
+    tmp_path: Path, mode: str, preload: list[str]
+) -> None:
+    """Workers are forks of the server: what it imported, they need not import again."""
+    script = tmp_path / "preload.py"
+    script.write_text(PRELOAD_SCRIPT)
+    env = clean_environ()
+    if mode == "not-on-path":
+        env.pop("PYTHONPATH", None)
+    else:
+        env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, str(script), mode, str(REPO)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    command = json.loads(proc.stdout)[-1]  # main(listener, alive, PRELOAD, **data)
+    assert "main(" in command and f", {preload!r}, " in command, command
 
 
 # -- lifetime: interpreter exit and leaks ------------------------------------------------------
