@@ -39,10 +39,8 @@ import os
 import pickle
 import select
 import signal
-import struct
 import sys
 import threading
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -52,236 +50,13 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from . import _child
+from . import _child, _frames, _worker
 from .errors import JobserverUnavailable, PoolBroken, SubmissionDied
 from .future import describe_exit
 from .jobserver import Jobserver, default_pool, usable_cpus
 from .pool import Token, TokenPool
 
 __all__ = ["JobserverExecutor"]
-
-#: A frame's header: the length of the pickle that follows, and the frame's kind.
-_HEADER = struct.Struct(">QB")
-#: The kind of every frame the executor sends (a task).
-_TASK = 0
-#: Kinds of the frames a worker sends back. The kind travels outside the pickle so that
-#: the manager knows the worker's fate (next task, or it exits) before unpickling.
-_OK, _RAISED, _INIT_FAILED = 0, 1, 2
-#: The task's error, and the worker exits after it (SystemExit, KeyboardInterrupt).
-_LAST = 3
-
-
-# -- frames: a header (body length, kind), then a pickle ------------------------------------
-#
-# A frame crosses each pipe with no copy of ours: the sender hands header and body to
-# writev() together (no concatenation), the receiver reads the header, then the body
-# straight into one buffer of the right size, and unpickles from that buffer. The kernel's
-# copies and the pickle itself are all that a large result costs.
-
-
-def _advance(parts: list[memoryview], sent: int) -> list[memoryview]:
-    """What is left of *parts* once their first *sent* bytes are written."""
-    i = 0
-    while i < len(parts) and sent >= len(parts[i]):
-        sent -= len(parts[i])
-        i += 1
-    rest = parts[i:]
-    if sent:
-        rest[0] = rest[0][sent:]
-    return rest
-
-
-def _frame_parts(kind: int, body: bytes | bytearray) -> list[memoryview]:
-    """Header and body of one frame, ready for writev()."""
-    return [memoryview(_HEADER.pack(len(body), kind)), memoryview(body)]
-
-
-def _send(fd: int, kind: int, body: bytes) -> None:
-    """Write one frame to the blocking *fd*, however many writes it takes."""
-    parts = _frame_parts(kind, body)
-    while parts:
-        # A blocking pipe writes it all unless a signal interrupts it part way.
-        parts = _advance(parts, os.writev(fd, parts))
-
-
-def _fill(fd: int, view: memoryview) -> bool:
-    """Fill *view* from the blocking *fd*; False at end-of-file before it is full."""
-    got = 0
-    while got < len(view):
-        n = os.readv(fd, [view[got:]])
-        if not n:
-            return False
-        got += n
-    return True
-
-
-def _receive(fd: int) -> bytearray | None:
-    """The body of the next frame on the blocking *fd*; None at end-of-file."""
-    header = bytearray(_HEADER.size)
-    if not _fill(fd, memoryview(header)):
-        return None
-    body = bytearray(_HEADER.unpack(header)[0])  # every frame a worker gets is a task
-    with memoryview(body) as view:
-        if not _fill(fd, view):
-            return None
-    return body
-
-
-#: Bodies up to this size are read into a buffer that the reader keeps for the next frame.
-_KEPT_BUFFER_MAX = 4 << 20
-
-
-class _FrameReader:
-    """Reassembles frames from a non-blocking pipe, whatever pieces they arrive in.
-
-    The manager multiplexes every worker's result pipe, so it reads only what is
-    there and comes back when poll() says there is more. A frame's header goes
-    into a small buffer; once it is whole, the body is read straight into a
-    buffer of at least its size (one copy: the kernel's), and nothing is joined
-    or sliced afterwards. That buffer is kept for the next frame (up to
-    :data:`_KEPT_BUFFER_MAX`): a fresh one per frame would cost an allocation,
-    zero-filling it and, for large ones, a page fault per page, every time.
-    """
-
-    __slots__ = ("_buffer", "_got", "_header", "_in_body", "_kind", "_view")
-
-    def __init__(self) -> None:
-        self._header = memoryview(bytearray(_HEADER.size))
-        self._buffer = bytearray()  # reused for bodies up to _KEPT_BUFFER_MAX
-        self._in_body = False
-        self._kind = 0
-        self._view = self._header  # what the current read fills
-        self._got = 0  # bytes of it filled so far
-
-    @property
-    def partial(self) -> bool:
-        """True between a frame's first byte and its last."""
-        return self._got > 0 or self._in_body
-
-    def read(self, fd: int) -> tuple[int, memoryview] | None:
-        """Read from *fd* until a frame is whole or the pipe is empty.
-
-        Returns the whole frame's kind and body, or None when more is to come.
-        The body may be a view of the reader's own buffer: it is valid until the
-        next call. Stops after one frame: a worker sends one per task, so
-        nothing else is due (and if something is, poll() reports it again).
-
-        Raises:
-            EOFError: the writer closed the pipe (a partial frame is lost with it).
-        """
-        while True:
-            want = len(self._view) - self._got
-            if want:
-                try:
-                    n = os.readv(fd, [self._view[self._got :]])
-                except BlockingIOError:
-                    return None
-                if not n:
-                    raise EOFError
-                self._got += n
-                if n < want:
-                    continue
-            self._got = 0
-            if not self._in_body:
-                length, self._kind = _HEADER.unpack(self._header)
-                self._in_body = True
-                self._view = self._body_view(length)
-                continue  # an empty body is whole at once: the check above reads nothing
-            body, self._view, self._in_body = self._view, self._header, False
-            return self._kind, body
-
-    def _body_view(self, length: int) -> memoryview:
-        """A writable view of exactly *length* bytes for the next body."""
-        if length > _KEPT_BUFFER_MAX:
-            return memoryview(bytearray(length))  # its own, dropped with the frame
-        size = len(self._buffer)
-        if size < length or size > max(1 << 16, 8 * length):
-            # A new buffer, not a resize: the caller may still hold a view of the
-            # old one. Powers of two, so that slowly growing results do not
-            # reallocate every time; and a large buffer goes once results are
-            # small again, so a worker keeps about the size it returns, no more.
-            self._buffer = bytearray(1 << max(12, (length - 1).bit_length()))
-        return memoryview(self._buffer)[:length]
-
-
-# -- the worker process ---------------------------------------------------------------------
-
-
-def _result_frame(task_id: int, kind: int, payload: Any) -> tuple[int, bytes]:
-    """The kind and body of a result frame; a payload that cannot be pickled is an error."""
-    try:
-        return kind, pickle.dumps((task_id, payload), pickle.HIGHEST_PROTOCOL)
-    except Exception as e:
-        what = "the result" if kind == _OK else "the exception"
-        value = payload if kind == _OK else payload[0]
-        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        if kind == _RAISED:
-            text = payload[1] + "\n" + text  # the task's own traceback first
-        error = RuntimeError(f"{what} of type {type(value).__qualname__} cannot be pickled: {e}")
-        body = pickle.dumps((task_id, (error, text)), pickle.HIGHEST_PROTOCOL)
-        return (_RAISED if kind == _OK else kind), body
-
-
-def _worker_main(
-    task_fd: Any,
-    result_fd: Any,
-    pool: TokenPool | None,
-    initializer: Callable[..., Any] | None,
-    initargs: tuple[Any, ...],
-    max_tasks: int | None,
-    close_fds: tuple[int, ...] = (),
-    main_path: str | None = None,
-) -> None:
-    """Serve tasks until the task pipe closes (or *max_tasks* are done)."""
-    if main_path is not None and getattr(sys.modules["__main__"], "__file__", None) is None:
-        # Started while the parent's interpreter was exiting, multiprocessing
-        # no longer told us its main script: load it as spawn would, so tasks
-        # defined there can be unpickled.
-        from multiprocessing import spawn
-
-        spawn._fixup_main_from_path(main_path)  # type: ignore[attr-defined]
-    for fd in close_fds:  # a forked worker's copies of the executors' own ends
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    tasks = task_fd.detach() if hasattr(task_fd, "detach") else task_fd
-    results = result_fd.detach() if hasattr(result_fd, "detach") else result_fd
-    for fd in (tasks, results):
-        os.set_inheritable(fd, False)  # exec'd grandchildren must not pin them
-    # A task that runs make, ninja or cargo joins the pool on the task's token.
-    _child.apply_environment((), pool)
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException as e:
-            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            _send(results, *_result_frame(-1, _INIT_FAILED, text))
-            return
-    done = 0
-    while max_tasks is None or done < max_tasks:
-        body = _receive(tasks)
-        if body is None:
-            return  # the executor shut us down
-        task_id = -1
-        try:
-            task_id, fn, args, kwargs = pickle.loads(body)
-            frame = _result_frame(task_id, _OK, fn(*args, **kwargs))
-        except Exception as e:
-            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            frame = _result_frame(task_id, _RAISED, (e, text))
-        except BaseException as e:  # SystemExit, KeyboardInterrupt: say so, then exit
-            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            detail = f": {e}" if str(e) else ""
-            died = SubmissionDied(
-                f"the task ended its worker (pid {os.getpid()}) with"
-                f" {type(e).__name__}{detail} instead of returning"
-            )
-            _send(results, *_result_frame(task_id, _LAST, (died, text)))
-            return  # the task asked this process to end; a new worker replaces it
-        _send(results, *frame)
-        done += 1
-
 
 # -- bookkeeping in the parent -----------------------------------------------------------------
 
@@ -305,7 +80,7 @@ class _Worker:
         self.pid: int = process.pid
         self.task_w = task_w
         self.result_r = result_r
-        self.reader = _FrameReader()
+        self.reader = _frames.FrameReader()
         self.outbox: list[memoryview] = []  # what is left to write of the task sent to it
         self.task: _Task | None = None  # written under the manager's lock
         self.tasks_done = 0  # a worker with max_tasks_per_child exits by itself
@@ -723,7 +498,7 @@ class _Manager:
             task.worker = worker
             with self._lock:
                 worker.task = task
-            worker.outbox += _frame_parts(_TASK, task.body)
+            worker.outbox += _frames.frame_parts(_frames.TASK, task.body)
             task.body = b""
             self._flush(worker)
 
@@ -754,7 +529,7 @@ class _Manager:
                     fds = (_child.ResultFd(task_r), _child.ResultFd(result_w))
                     closing = ()
                 process = self._context.Process(  # type: ignore[attr-defined]
-                    target=_worker_main,
+                    target=_worker.worker_main,
                     args=(
                         *fds,
                         self._pool,
@@ -807,7 +582,7 @@ class _Manager:
             written = 0
         except OSError:
             return  # the worker died; its result pipe will report it
-        worker.outbox = _advance(worker.outbox, written)
+        worker.outbox = _frames.advance(worker.outbox, written)
         if worker.outbox:
             self._poller.register(worker.task_w, select.POLLOUT)
 
@@ -845,7 +620,7 @@ class _Manager:
         with self._lock:
             task, worker.task = worker.task, None
             doomed = worker.doomed
-        if kind == _INIT_FAILED:
+        if kind == _frames.INIT_FAILED:
             reason = f"a worker's initializer raised:\n{_load(kind, body)[1]}"
             self._break(reason)
             if task is not None:
@@ -856,7 +631,9 @@ class _Manager:
             return
         self._finish(task)
         worker.tasks_done += 1
-        if kind == _LAST or (self._max_tasks is not None and worker.tasks_done >= self._max_tasks):
+        if kind == _frames.LAST or (
+            self._max_tasks is not None and worker.tasks_done >= self._max_tasks
+        ):
             pass  # it exits by itself; its end-of-file cleans up
         elif doomed:
             self._retire(worker)  # a signal is on its way to it: no new task
@@ -866,7 +643,7 @@ class _Manager:
         else:
             self._retire(worker)
         kind, payload = _load(kind, body)
-        if kind == _OK:
+        if kind == _frames.OK:
             task.future.set_result(payload)
         else:
             exc, text = payload
@@ -1032,7 +809,7 @@ class JobserverExecutor(Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         chunks = _chunks(zip(*iterables), chunksize)
-        results = super().map(_call_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+        results = super().map(_worker.call_chunk, itertools.repeat(fn), chunks, timeout=timeout)
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -1078,7 +855,7 @@ def _load(kind: int, body: memoryview) -> tuple[int, Any]:
         _task_id, payload = pickle.loads(body)
     except Exception as e:
         error = RuntimeError(f"a task's result could not be unpickled here: {e!r}")
-        return (_RAISED if kind == _OK else kind), (error, None)
+        return (_frames.RAISED if kind == _frames.OK else kind), (error, None)
     return kind, payload
 
 
@@ -1088,7 +865,3 @@ def _chunks(iterable: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tup
         if not chunk:
             return
         yield chunk
-
-
-def _call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in chunk]

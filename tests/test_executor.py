@@ -44,7 +44,11 @@ from makejobs import (
     TokenPool,
     usable_cpus,
 )
-from makejobs.executor import _HEADER, _KEPT_BUFFER_MAX, _advance, _FrameReader, _send
+from makejobs._frames import HEADER as _HEADER
+from makejobs._frames import KEPT_BUFFER_MAX as _KEPT_BUFFER_MAX
+from makejobs._frames import FrameReader as _FrameReader
+from makejobs._frames import advance as _advance
+from makejobs._frames import send as _send
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -1197,15 +1201,15 @@ MID_FRAME_SCRIPT = textwrap.dedent(
     """
     import faulthandler, os, sys, time
     from pathlib import Path
-    import makejobs.executor as executor_module
+    import makejobs._frames as frames_module
     from makejobs import Jobserver, JobserverExecutor, SubmissionDied, TokenPool
 
-    _real_send = executor_module._send
+    _real_send = frames_module.send
 
     def _send_then_die(fd, kind, body):
         # Fault injection: a worker that dies while its result is on the wire. Workers
         # load this script as __mp_main__ before their first task, so this runs there.
-        header = executor_module._HEADER.pack(len(body), kind)
+        header = frames_module.HEADER.pack(len(body), kind)
         if b"cut-in-header" in body:
             os.write(fd, header[:3])
             os._exit(7)
@@ -1215,7 +1219,7 @@ MID_FRAME_SCRIPT = textwrap.dedent(
             os._exit(7)
         _real_send(fd, kind, body)
 
-    executor_module._send = _send_then_die
+    frames_module.send = _send_then_die
 
     def reply(value, gate=None):
         if gate is not None:
