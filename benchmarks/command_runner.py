@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -63,6 +62,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 _ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from benchmarks._common import environment, fmt, write_json  # noqa: E402
 
 __all__ = [
     "BASELINE",
@@ -428,10 +431,6 @@ def run(
 # -- output ----------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """makejobs run against the target, per (workload, N) with many commands.
 
@@ -469,8 +468,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             spread = f"{row['s_min']:.3f}-{row['s_max']:.3f}"
         lines.append(
             f"| {row['workload']} | {row['jobs']} | {row['contender']} | {row['commands']}"
-            f" | {_fmt(row['s_median'], '.3f')} | {spread} | {_fmt(row['per_cmd_ms'], '.2f')}"
-            f" | {_fmt(row['ratio'], '.2f', 'x')} |"
+            f" | {fmt(row['s_median'], '.3f')} | {spread} | {fmt(row['per_cmd_ms'], '.2f')}"
+            f" | {fmt(row['ratio'], '.2f', 'x')} |"
         )
     for v in verdicts(rows):
         notes.append(
@@ -484,15 +483,6 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             " (makespan - startup makespan) / (commands - 1) x N"
         )
     return "\n".join([*lines, "", *sorted(set(notes), key=notes.index)])
-
-
-def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "makes": {k: v[1] for k, v in find_makes().items()},
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,16 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(rows))
     print(f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()})")
     if args.json:
-        doc = {
-            "benchmark": "command_runner",
-            "quick": args.quick,
-            "baseline": BASELINE,
-            "target_ratio": TARGET_RATIO,
-            "seconds": seconds,
-            "environment": _environment(),
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(
+            args.json,
+            "command_runner",
+            quick=args.quick,
+            seconds=seconds,
+            rows=rows,
+            environment=environment(makes={k: v[1] for k, v in find_makes().items()}),
+            baseline=BASELINE,
+            target_ratio=TARGET_RATIO,
+        )
     return 0
 
 

@@ -520,10 +520,6 @@ def _median_by_recipe(values: list[dict[str, Any]], field: str) -> dict[str, flo
 # -- output ------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pool rows against the target: ``{"what", "value", "target", "ok"}``."""
     out = []
@@ -547,6 +543,8 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table, with the verdicts and notes below it."""
+    from benchmarks._common import fmt
+
     lines = [
         "| make | Python recipes | makespan s (median) | min-max | work s | ideal s"
         " | efficiency | peak | idle slot-s | py start slot-s | chunk CPU share | speed-up |",
@@ -560,12 +558,12 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         else:
             spread = f"{row['makespan_min']:.2f}-{row['makespan_max']:.2f}"
         lines.append(
-            f"| {row['make']} | {row['variant']} | {_fmt(row['makespan_s'], '.3f')} | {spread}"
-            f" | {_fmt(row['work_s'], '.2f')} | {_fmt(row['ideal_s'], '.3f')}"
-            f" | {_fmt(row['efficiency'], '.1%')} | {_fmt(row['peak'], 'd')}"
-            f" | {_fmt(row['idle_slot_s'], '.2f')} | {_fmt(row['startup_slot_s'], '.2f')}"
-            f" | {_fmt(row['cpu_share'], '.0%')}"
-            f" | {_fmt(row['speedup'], '.2f', 'x')} |"
+            f"| {row['make']} | {row['variant']} | {fmt(row['makespan_s'], '.3f')} | {spread}"
+            f" | {fmt(row['work_s'], '.2f')} | {fmt(row['ideal_s'], '.3f')}"
+            f" | {fmt(row['efficiency'], '.1%')} | {fmt(row['peak'], 'd')}"
+            f" | {fmt(row['idle_slot_s'], '.2f')} | {fmt(row['startup_slot_s'], '.2f')}"
+            f" | {fmt(row['cpu_share'], '.0%')}"
+            f" | {fmt(row['speedup'], '.2f', 'x')} |"
         )
     for row in rows:
         startup, imports = row.get("py_startup_by_recipe"), row.get("py_import_by_recipe")
@@ -609,8 +607,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
     import platform
+
+    from benchmarks._common import environment, write_json
 
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["_step"]:
@@ -630,21 +629,16 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(rows))
     print(f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()})")
     if args.json:
-        doc = {
-            "benchmark": "scheduling",
-            "quick": args.quick,
-            "baseline": SERIAL,
-            "target_efficiency": TARGET_EFFICIENCY,
-            "seconds": seconds,
-            "environment": {
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-            },
-            "rows": rows,
-        }
-        with open(args.json, "w") as f:
-            f.write(json.dumps(doc, indent=2) + "\n")
+        write_json(
+            args.json,
+            "scheduling",
+            quick=args.quick,
+            seconds=seconds,
+            rows=rows,
+            environment=environment(),
+            baseline=SERIAL,
+            target_efficiency=TARGET_EFFICIENCY,
+        )
     return 0
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import os
 import platform
 import shutil
@@ -59,6 +58,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from benchmarks._common import environment, write_json  # noqa: E402
 from makejobs.pool import TokenPool  # noqa: E402
 from makejobs.protocol import FifoAuth  # noqa: E402
 
@@ -494,16 +494,6 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, "", *notes])
 
 
-def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="about 3 s instead of 20 s")
@@ -515,16 +505,16 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(rows))
     print(f"\n({elapsed:.1f} s, Python {platform.python_version()}, {platform.platform()})")
     if args.json:
-        doc = {
-            "benchmark": "token_roundtrip",
-            "quick": args.quick,
-            "baseline": BASELINE,
-            "target_ratio": TARGET_RATIO,
-            "seconds": elapsed,
-            "environment": _environment(),
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(
+            args.json,
+            "token_roundtrip",
+            quick=args.quick,
+            seconds=elapsed,
+            rows=rows,
+            environment=environment(),
+            baseline=BASELINE,
+            target_ratio=TARGET_RATIO,
+        )
     return 0
 
 
