@@ -30,10 +30,10 @@ gone.
 Each sample of a Jobserver row runs on a Jobserver opened for that sample
 and closed after it, outside the timing (under fork, one untimed job warms
 it up first). No other row's Jobserver is alive while a row is timed, as in
-a program that uses one library: every live makejobs Jobserver runs
-after-fork hooks in *every* fork of the process (0.2-0.3 ms each on the VM
-this was written on), which would otherwise tax the jobserver 3.0.1,
-multiprocessing and raw rows too. The fork server is told to preload this
+a program that uses one library: at-fork work that a live Jobserver does
+in *every* fork of the process would otherwise tax the other rows too
+(makejobs' own is now one counter increment; it used to make a pipe and an
+epoll set per live pool, 0.2-0.3 ms each). The fork server is told to preload this
 module, ``makejobs._child`` and ``jobserver``, as it would preload a main
 module that imports its job library; spawn jobs pay for importing their
 library, which is part of what a spawn job costs.
@@ -391,8 +391,8 @@ def _contenders(method: str, k: int, rhysu: Any, missing: str) -> list[Contender
             note="start() + join(); no result comes back",
         )
     ]
-    # A fresh Jobserver per sample, closed right after it (untimed): a live
-    # makejobs Jobserver runs after-fork hooks in every fork of this process,
+    # A fresh Jobserver per sample, closed right after it (untimed): whatever
+    # at-fork work a live Jobserver does runs in every fork of this process,
     # so idle ones would tax the other rows' forks, the baseline's included.
     # Under fork one untimed job warms it up; elsewhere that would cost more
     # than the first-use work it hides.
@@ -525,8 +525,8 @@ def run(
     method the rows are interleaved round by round, each sample bracketed by
     raw fork+waitpid samples. Each sample of a pooled row runs on a Jobserver
     opened for it and closed after it (untimed), so that no other row's
-    Jobserver is alive while a row is timed: a live makejobs Jobserver runs
-    after-fork hooks in every fork of the process.
+    Jobserver is alive while a row is timed: at-fork work a live Jobserver
+    does would tax every fork of the process.
 
     Args:
         quick: fewer rounds and jobs (about 9 s instead of 50 s on 2 cores).

@@ -9,7 +9,9 @@ each whenever the set of fds to watch changes, so a job submitted or
 finished by one thread is never missed by another.
 
 After fork the child starts with an empty engine: its parent's jobs are not
-its to reap.
+its to reap. Like a pool's, an engine's state is rebuilt when the child first
+uses it (see :data:`makejobs.pool.fork_generation`), not in an at-fork hook,
+so forked jobs that never submit jobs of their own pay nothing for it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+from . import pool as _pool
 from .errors import CallbackRaised, JobserverUnavailable, PoolBroken
 from .future import Future
 from .pool import Token, TokenPool
@@ -29,53 +32,49 @@ from .pool import Token, TokenPool
 __all__ = ["Engine", "live_engines"]
 
 _MAX_WAIT = (2**31 - 1) / 1000  # poll() takes int milliseconds
+_POLLIN = select.POLLIN
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def live_engines() -> list[Engine]:
-    """Every engine of this process that still has jobs running."""
-    return [engine for engine in list(_engines) if engine.running]
+    """Every engine of this process that still has jobs running.
 
-
-def _after_fork_in_child() -> None:
-    for engine in list(_engines):
-        engine.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    An engine inherited through fork and never used since has no jobs of
+    this process (its futures are the parent's), whatever it still lists.
+    """
+    generation = _pool.fork_generation
+    return [
+        engine for engine in list(_engines) if engine._generation == generation and engine.running
+    ]
 
 
 class Engine:
     """Per-process bookkeeping of running jobs: which fd to watch for which future,
-    who is waiting, and which callbacks are due. Shared by sibling handles."""
+    who is waiting, and which callbacks are due. Shared by sibling handles.
+
+    Every entry point first calls :meth:`own` (or inlines it): after a fork
+    the state is the parent's until then.
+    """
+
+    lock: threading.Lock
+    spawn_lock: threading.Lock
+    callback_lock: threading.Lock
+    watched: dict[int, Future[Any]]
+    running: set[Future[Any]]
+    due: deque[Future[Any]]
+    waiters: set[int]
+    local: threading.local
 
     def __init__(self, pool: TokenPool) -> None:
         self.pool = pool
-        self.lock = threading.Lock()
-        self.spawn_lock = threading.Lock()
-        self.watched: dict[int, Future[Any]] = {}
-        self.running: set[Future[Any]] = set()
-        self.due: deque[Future[Any]] = deque()
-        self.waiters: set[int] = set()
-        self.local = threading.local()
-        self.callback_lock = threading.Lock()
         # Every thread's wake pipe, so close() (or garbage collection) can close them all.
         self.wake_fds: list[int] = []
+        self._setup()
         self._finalizer = weakref.finalize(self, _close_all, self.wake_fds)
         _engines.add(self)
 
-    def close(self) -> None:
-        """Close the threads' wake pipes; the engine stays usable (they are remade)."""
-        with self.lock:
-            _close_all(self.wake_fds)
-            self.local = threading.local()
-
-    def reset_after_fork(self) -> None:
-        # The parent's jobs are not ours to reap; their pipes are not ours to read.
-        for future in self.running:
-            future._abandon_after_fork()
+    def _setup(self) -> None:
         self.lock = threading.Lock()
         self.spawn_lock = threading.Lock()
         self.callback_lock = threading.Lock()
@@ -84,27 +83,42 @@ class Engine:
         self.due = deque()
         self.waiters = set()
         self.local = threading.local()
-        _close_all(self.wake_fds)  # the parent's threads' pipes
+        self._generation = _pool.fork_generation
+
+    def own(self) -> None:
+        """Make sure the state is this process's, not an ancestor's (see the module doc)."""
+        if self._generation != _pool.fork_generation:
+            self._reset_after_fork()
+
+    def close(self) -> None:
+        """Close the threads' wake pipes; the engine stays usable (they are remade)."""
+        self.own()
+        with self.lock:
+            _close_all(self.wake_fds)
+            self.local = threading.local()
+
+    def _reset_after_fork(self) -> None:
+        with _pool._fork_lock:
+            if self._generation == _pool.fork_generation:
+                return  # another thread of this process got here first
+            # The parent's jobs are not ours to reap; their pipes are not ours to read.
+            for future in self.running:
+                future._abandon_after_fork()
+            _close_all(self.wake_fds)  # the parent's threads' pipes
+            self._setup()  # sets _generation last
 
     # -- registry -------------------------------------------------------------------
 
     def add(self, future: Future[Any]) -> None:
+        if self._generation != _pool.fork_generation:
+            self._reset_after_fork()
         with self.lock:
             self.running.add(future)
-            fd = future._watch_fd()
+            fd = future._watch
             if fd is not None:
                 self.watched[fd] = future
-        self._wake_others()
-
-    def _rewatch(self, future: Future[Any], old_fd: int | None) -> None:
-        with self.lock:
-            if old_fd is not None and self.watched.get(old_fd) is future:
-                del self.watched[old_fd]
-            fd = future._watch_fd()
-            if fd is not None:
-                self.watched[fd] = future
-            else:
-                self.running.discard(future)
+        if self.waiters:
+            self._wake_others()
 
     def _wake_others(self) -> None:
         """Tell threads blocked in poll() that the set of fds to watch changed."""
@@ -118,7 +132,7 @@ class Engine:
                     pass
 
     def _wake_pipe(self) -> tuple[int, int]:
-        wake = getattr(self.local, "wake", None)
+        wake: tuple[int, int] | None = getattr(self.local, "wake", None)
         if wake is None:
             r, w = os.pipe()
             os.set_blocking(r, False)
@@ -133,20 +147,40 @@ class Engine:
     def service(self, future: Future[Any]) -> None:
         """Advance *future* without blocking; on completion return its tokens and
         schedule its callbacks."""
-        if not future._lock.acquire(blocking=False):
+        lock = future._lock
+        if not lock.acquire(False):
             return  # another thread is advancing it right now
         try:
-            old_fd = future._watch_fd()
+            old_fd = future._watch
             finished = future._advance()
-            if old_fd != future._watch_fd() or finished:
-                self._rewatch(future, old_fd)
-            tokens = future._take_tokens() if finished else []
+            new_fd = future._watch
+            if old_fd != new_fd:
+                with self.lock:
+                    watched = self.watched
+                    if old_fd is not None and watched.get(old_fd) is future:
+                        del watched[old_fd]
+                    if new_fd is not None:
+                        watched[new_fd] = future
+                    else:
+                        self.running.discard(future)
+            if not finished:
+                return
+            tokens, future._tokens = future._tokens, []
+            # Registered under future._lock: a when_done() racing with us either
+            # lands before this test or sees the future done and schedules itself.
+            has_callbacks = bool(future._callbacks)
         finally:
-            future._lock.release()
-        if finished:
-            for token in tokens:
-                self.release(token)
-            self.schedule_callbacks(future)
+            lock.release()
+        pool = self.pool
+        for token in tokens:
+            try:
+                pool.release(token)
+            except PoolBroken as e:
+                warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
+        if has_callbacks:
+            with self.lock:
+                self.due.append(future)
+        if self.waiters:
             self._wake_others()
 
     def release(self, token: Token) -> None:
@@ -157,7 +191,19 @@ class Engine:
 
     def reclaim(self) -> None:
         """Complete every job that has finished, without blocking."""
-        self.progress(0)
+        if self._generation != _pool.fork_generation:
+            self._reset_after_fork()
+        if self.watched:
+            self.progress(0)
+
+    def settle(self) -> None:
+        """:meth:`reclaim`, then :meth:`run_callbacks` (what every call does first)."""
+        if self._generation != _pool.fork_generation:
+            self._reset_after_fork()
+        if self.watched:
+            self.progress(0)
+        if self.due:
+            self.run_callbacks()
 
     def progress(self, timeout: float | None, *, pool: bool = False) -> bool:
         """Wait up to *timeout* for any job to make progress (or, with *pool*, for
@@ -165,21 +211,32 @@ class Engine:
 
         Returns True if the pool fd was reported readable.
         """
-        with self.lock:
-            fds = list(self.watched)
-        if not fds and not pool and timeout == 0:
+        if self._generation != _pool.fork_generation:
+            self._reset_after_fork()
+        if timeout == 0 and not pool and not self.watched:
             return False
         poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
+        register = poller.register
+        pool_fd = -1
         if pool:
-            poller.register(self.pool.fileno(), select.POLLIN)
-        wake_r = None
+            pool_fd = self.pool.fileno()
+            register(pool_fd, _POLLIN)
+        wake_r = wake_w = -1
+        lock = self.lock
         if timeout != 0:
-            wake_r, wake_w = self._wake_pipe()
-            poller.register(wake_r, select.POLLIN)
-            with self.lock:
+            wake = getattr(self.local, "wake", None)
+            wake_r, wake_w = wake if wake is not None else self._wake_pipe()
+            register(wake_r, _POLLIN)
+            # A waiter first, then the fds: whoever changes the set after our
+            # snapshot finds us among the waiters and wakes us.
+            with lock:
                 self.waiters.add(wake_w)
+                fds = list(self.watched)
+        else:
+            with lock:
+                fds = list(self.watched)
+        for fd in fds:
+            register(fd, _POLLIN)
         try:
             if timeout is None:
                 ms = -1
@@ -187,22 +244,24 @@ class Engine:
                 ms = int(min(max(timeout, 0.0), _MAX_WAIT) * 1000 + 0.999)
             events = poller.poll(ms)
         finally:
-            if wake_r is not None:
-                with self.lock:
+            if wake_w >= 0:
+                with lock:
                     self.waiters.discard(wake_w)
         pool_ready = False
+        watched = self.watched
         for fd, _mask in events:
             if fd == wake_r:
                 _drain_wake(fd)
-            elif pool and fd == self.pool.fileno():
+            elif fd == pool_fd:
                 pool_ready = True
             else:
-                future = self.watched.get(fd)
+                future = watched.get(fd)
                 if future is not None:
                     self.service(future)
         return pool_ready
 
     def wait_all(self) -> None:
+        self.own()
         while True:
             with self.lock:
                 if not self.running:
@@ -212,6 +271,7 @@ class Engine:
     # -- callbacks -------------------------------------------------------------------
 
     def schedule_callbacks(self, future: Future[Any]) -> None:
+        self.own()
         with self.lock:
             self.due.append(future)
 
@@ -222,6 +282,11 @@ class Engine:
             CallbackRaised: chained from the callback's exception. The rest
                 run on later calls.
         """
+        if not self.due:
+            # Nothing due (the usual case; also an inherited engine's, whose
+            # futures are never scheduled here): no locks, no thread-locals.
+            return
+        self.own()
         if getattr(self.local, "in_callback", False):
             return  # a callback calling back into us: the outer drain continues
         if not self.callback_lock.acquire(blocking=False):

@@ -1,12 +1,14 @@
 """Future: the handle on one job running in its own process.
 
 A :class:`Future` is completed by whichever thread happens to be inside a
-makejobs call when the job's result pipe reports data or end-of-file: there
-is no background thread. Completion happens in a fixed order, which is the
-contract callers rely on:
+makejobs call when the job's process exits (its pidfd or sentinel reports
+it) or its result pipe reports data or end-of-file: there is no background
+thread. Completion happens in a fixed order, which is the contract callers
+rely on:
 
-1. the result frame is read (large results are read as they arrive, so the
-   child never stalls on a full pipe);
+1. the result frame is read (from the memfd a forked job wrote it into, or
+   from the pipe, where large results are read as they arrive, so the child
+   never stalls on a full pipe);
 2. the process is reaped, so there are never more live or zombie job
    processes than slots;
 3. the job's tokens go back to the pool;
@@ -18,6 +20,7 @@ when the pool has a single slot.
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal as _signal
 import threading
@@ -41,8 +44,16 @@ EXITING = "exiting"  # result pipe closed, process not yet reaped
 DONE = "done"
 
 
+_HAVE_PIDFD = hasattr(os, "pidfd_open")
+# The C class itself: threading.RLock is a Python function that picks it.
+_RLock = getattr(_thread, "RLock", threading.RLock)
+_READ_SIZE = 1 << 16
+
+
 class _JobProcess:
     """What both kinds of job process share: a pid that is signalled only until reaped."""
+
+    __slots__ = ()
 
     pid: int
     _reaped: bool
@@ -56,20 +67,29 @@ class _JobProcess:
 
 
 class _Process(_JobProcess):
-    """A job process we forked ourselves: reaped with waitpid, watched with a pidfd."""
+    """A job process we forked ourselves: reaped with waitpid, watched with a pidfd.
+
+    The pidfd is opened when first asked for (:meth:`exit_fd`): at the fork
+    when the frame comes in a memfd, else only once the job has written its
+    frame and waiting for its exit is all that is left. An unreaped child
+    keeps its pid, so opening it late is as safe as at the fork.
+    """
+
+    __slots__ = ("_pidfd", "_reaped", "exitcode", "pid")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.exitcode: int | None = None
         self._reaped = False
         self._pidfd: int | None = None
-        if hasattr(os, "pidfd_open"):
-            try:
-                self._pidfd = os.pidfd_open(pid)
-            except OSError:
-                self._pidfd = None
 
     def exit_fd(self) -> int | None:
+        """An fd readable once the process has exited (a pidfd), or None if there is none."""
+        if self._pidfd is None and _HAVE_PIDFD and not self._reaped:
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except OSError:
+                pass
         return self._pidfd
 
     def poll(self, block: bool = False) -> bool:
@@ -85,7 +105,10 @@ class _Process(_JobProcess):
         self._reaped = True
         if status is not None:
             self.exitcode = os.waitstatus_to_exitcode(status)
-        self.forget_pidfd(close=True)
+        pidfd = self._pidfd
+        if pidfd is not None:
+            self._pidfd = None  # forgotten before it is closed: see forget_pidfd
+            os.close(pidfd)
         return True
 
     def forget_pidfd(self, close: bool) -> None:
@@ -97,6 +120,8 @@ class _Process(_JobProcess):
 
 class _MultiprocessingProcess(_JobProcess):
     """A job started through a multiprocessing context (spawn, forkserver)."""
+
+    __slots__ = ("_process", "_reaped", "exitcode", "pid")
 
     def __init__(self, process: Any) -> None:
         self._process = process
@@ -139,23 +164,49 @@ class Future(Generic[T]):
     belong to the process that submitted the job.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_data",
+        "_engine",
+        "_fd",
+        "_lock",
+        "_memfd",
+        "_next_callback",
+        "_outcome",
+        "_process",
+        "_state",
+        "_tokens",
+        "_watch",
+    )
+
     def __init__(
         self,
         engine: Engine,
         process: _Process | _MultiprocessingProcess,
         result_fd: int,
         tokens: list[Token],
+        memfd: int | None = None,
     ) -> None:
         self._engine = engine
         self._process = process
+        # The read end of the job's pipe: its frame comes through it, or, with a
+        # *memfd*, only its end-of-file (once the job and all it forked are gone).
         self._fd: int | None = result_fd
-        self._buffer = bytearray()
+        # The memfd the child writes its frame into, read once the process is reaped.
+        self._memfd = memfd
+        # The fd whose readiness means progress (the pipe or the exit fd), None
+        # once done. Changed only under _lock, by _advance.
+        self._watch: int | None = result_fd if memfd is None else process.exit_fd()
+        # What the pipe delivered so far: bytes while it came in one read (the
+        # usual case), a bytearray once a second chunk had to be appended.
+        self._data: bytes | bytearray = b""
         self._tokens = tokens
         self._state = RUNNING
         self._outcome: tuple[str, Any] | None = None
         self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._next_callback = 0
-        self._lock = threading.RLock()
+        self._lock = _RLock()
 
     # -- public API -------------------------------------------------------------------
 
@@ -187,15 +238,19 @@ class Future(Generic[T]):
         Raises:
             CallbackRaised: a ``when_done`` callback (of any future) raised.
         """
-        _check_timeout(timeout)
-        deadline = None if timeout is None else monotonic() + timeout
         engine = self._engine
-        while self._state is not DONE:
-            remaining = None if deadline is None else deadline - monotonic()
-            if remaining is not None and remaining <= 0:
-                engine.reclaim()
-                break
-            engine.progress(remaining)
+        if timeout is None:
+            while self._state is not DONE:
+                engine.progress(None)
+        else:
+            _check_timeout(timeout)
+            deadline = monotonic() + timeout
+            while self._state is not DONE:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    engine.reclaim()
+                    break
+                engine.progress(remaining)
         engine.run_callbacks()
         return self._state is DONE
 
@@ -209,7 +264,12 @@ class Future(Generic[T]):
             Exception: whatever the job raised, with the child's traceback as
                 ``__cause__`` (a :class:`~makejobs.errors.RemoteTraceback`).
         """
-        if not self.wait(timeout):
+        if timeout is None:
+            engine = self._engine
+            while self._state is not DONE:
+                engine.progress(None)
+            engine.run_callbacks()
+        elif not self.wait(timeout):
             raise Blocked(f"job process {self.pid} did not finish within {timeout} s")
         assert self._outcome is not None
         kind, payload = self._outcome
@@ -259,6 +319,7 @@ class Future(Generic[T]):
         The future then completes as usual: with the result if the job still
         delivered one, else :class:`~makejobs.errors.SubmissionDied`.
         """
+        self._engine.own()  # in a forked child: the parent's job is abandoned first
         with self._lock:
             self._process.kill(signum)
 
@@ -275,44 +336,112 @@ class Future(Generic[T]):
 
     # -- completion (called by the engine) ------------------------------------------------
 
-    def _watch_fd(self) -> int | None:
-        """The fd whose readiness means progress for this job, if any."""
-        if self._state is RUNNING:
-            return self._fd
-        if self._state is EXITING:
-            return self._process.exit_fd()
-        return None
-
     def _advance(self) -> bool:
         """Make what progress is possible without blocking. True once the job is done.
 
-        The caller holds ``self._lock``.
-        """
-        if self._state is RUNNING:
-            assert self._fd is not None
-            if not _read_available(self._fd, self._buffer):
-                return False
-            # Forget the fd before closing it: a job forked by another thread
-            # right after the close could get the same number for its own
-            # pipe, and its at-fork cleanup must not close that.
-            fd, self._fd = self._fd, None
-            os.close(fd)
-            self._state = EXITING
-        if self._state is EXITING:
-            # Without a pidfd there is no fd to wait on: the pipe is closed, so
-            # the process is exiting and a blocking reap is short.
-            block = self._process.exit_fd() is None
-            if not self._process.poll(block=block):
-                return False
-            self._outcome = _decode_frame(self._buffer)
-            self._buffer = bytearray()
-            self._state = DONE
-            return True
-        return self._state is DONE
+        With a memfd, the job is done once its process is reaped. With a pipe,
+        once the pipe is at end-of-file and the process is reaped: while the
+        frame is incomplete the pipe is watched; once it is complete (the
+        child writes it last, then exits, which closes the pipe), the exit fd
+        is watched instead, if there is one, since watching the pipe would
+        wake up for its end-of-file and then again for the exit, a few
+        microseconds later. A pipe still open after the reap (a grandchild
+        holds it) is watched again until its end-of-file.
 
-    def _take_tokens(self) -> list[Token]:
-        tokens, self._tokens = self._tokens, []
-        return tokens
+        Keeps ``_watch`` up to date. The caller holds ``self._lock``.
+        """
+        if self._state is DONE:
+            return True
+        if self._memfd is not None:
+            return self._advance_in_memory()
+        fd = self._fd
+        data = self._data
+        if fd is not None:
+            try:
+                while True:
+                    chunk = os.read(fd, _READ_SIZE)
+                    if not chunk:
+                        # Forget the fd before closing it: a job forked by another
+                        # thread right after the close could get the same number
+                        # for its own pipe, and a later cleanup of this future
+                        # must not close that.
+                        self._fd = None
+                        self._state = EXITING
+                        os.close(fd)
+                        fd = None
+                        break
+                    if not data:
+                        data = chunk
+                    else:
+                        if type(data) is bytes:
+                            data = bytearray(data)
+                        data += chunk
+            except BlockingIOError:
+                pass
+            self._data = data
+        process = self._process
+        if fd is not None and not _child.frame_complete(data):
+            # The pipe is open and the frame incomplete: wait for more data.
+            self._watch = fd
+            return False
+        if not process.poll():
+            exit_fd = process.exit_fd()
+            if exit_fd is not None:
+                self._watch = exit_fd
+                return False
+            if fd is not None:
+                self._watch = fd  # no exit fd: wait for the end-of-file first
+                return False
+            # Without an exit fd there is nothing to wait on: the pipe is closed,
+            # so the process is exiting and a blocking reap is short.
+            process.poll(block=True)
+        if fd is not None:
+            self._watch = fd  # reaped, but a grandchild still holds the pipe
+            return False
+        self._outcome = _child.decode_frame(data)
+        self._data = b""
+        self._state = DONE
+        self._watch = None
+        return True
+
+    def _advance_in_memory(self) -> bool:
+        """_advance for a frame in a memfd: done once the process is reaped and
+        the pipe, which nothing writes to, is at end-of-file.
+
+        The exit fd is watched first: the pipe closes with the process, so one
+        read after the reap usually finds its end-of-file. If something the
+        job forked still holds the pipe, it runs on the job's slot: the pipe
+        is then watched until it is gone too.
+        """
+        process = self._process
+        if not process.poll():
+            exit_fd = process.exit_fd()
+            if exit_fd is not None:
+                self._watch = exit_fd
+                return False
+            process.poll(block=True)  # pragma: no cover - the pidfd was open at the fork
+        fd = self._fd
+        if fd is not None:
+            try:
+                while os.read(fd, _READ_SIZE):
+                    pass  # nothing is written to it; whatever is, is not ours
+            except BlockingIOError:
+                self._watch = fd
+                return False
+            self._fd = None  # forgotten before it is closed: see _advance
+            self._state = EXITING
+            os.close(fd)
+        memfd = self._memfd
+        assert memfd is not None
+        self._memfd = None
+        try:
+            data = _read_memfd(memfd)
+        finally:
+            os.close(memfd)
+        self._outcome = _child.decode_frame(data)
+        self._state = DONE
+        self._watch = None
+        return True
 
     def _next_pending_callback(
         self,
@@ -326,8 +455,10 @@ class Future(Generic[T]):
 
     def _abandon_after_fork(self) -> None:
         """In a forked child: forget a sibling job that belongs to the parent."""
-        fds = [self._fd, getattr(self._process, "_pidfd", None)]
-        self._fd = None
+        fds = [self._fd, self._memfd, getattr(self._process, "_pidfd", None)]
+        self._fd = self._memfd = self._watch = None
+        # Never signalled from here: the pid is the parent's to reap, and reuse.
+        self._process._reaped = True
         if isinstance(self._process, _Process):
             self._process.forget_pidfd(close=False)
         for fd in fds:
@@ -337,29 +468,24 @@ class Future(Generic[T]):
                 except OSError:
                     pass
         self._tokens = []
-        self._lock = threading.RLock()
+        self._lock = _RLock()
 
 
-def _read_available(fd: int, buffer: bytearray) -> bool:
-    """Append what can be read from non-blocking *fd* now; True at end-of-file."""
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            return False
+def _read_memfd(fd: int) -> bytes:
+    """Everything written to the memfd *fd* (from offset 0, whatever its offset)."""
+    data = os.pread(fd, _READ_SIZE, 0)
+    if len(data) < _READ_SIZE:
+        return data
+    size = os.fstat(fd).st_size
+    parts = [data]
+    offset = len(data)
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
         if not chunk:
-            return True
-        buffer += chunk
-
-
-def _decode_frame(buffer: bytearray) -> tuple[str, Any]:
-    size = _child.HEADER.size
-    if len(buffer) < size:
-        return "lost", None
-    (length,) = _child.HEADER.unpack_from(buffer)
-    if len(buffer) - size != length:
-        return "lost", None
-    return _child.decode(bytes(buffer[size:]))
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def _submission_died(process: _Process | _MultiprocessingProcess, payload: Any) -> SubmissionDied:

@@ -36,8 +36,9 @@ from multiprocessing.context import BaseContext
 from time import monotonic
 from typing import Any, TypeVar, Union
 
-from . import _child
+from . import _child, _posix
 from ._engine import Engine
+from ._posix import usable_cpus
 from .errors import Blocked, CallbackRaised, JobserverUnavailable
 from .future import Future, _check_timeout, _MultiprocessingProcess, _Process
 from .pool import Token, TokenPool
@@ -52,20 +53,14 @@ EnvLike = Union[Mapping[str, Union[str, None]], Iterable[tuple[str, Union[str, N
 SleepFn = Callable[[], Union[float, int, None]]
 
 _BLOCKED_SIGNALS = {int(signal.SIGINT), int(signal.SIGTERM)}
+_SIG_BLOCK = int(signal.SIG_BLOCK)
+_SIG_SETMASK = int(signal.SIG_SETMASK)
 # The C function (ints in, a set of ints out): signal.pthread_sigmask wraps it and
 # builds a set of Signals enums, which in a freshly forked child is mostly
 # copy-on-write page faults.
 _sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
     sys.modules.get("_signal"), "pthread_sigmask", signal.pthread_sigmask
 )
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _normalize_env(env: EnvLike | None) -> _child.Env:
@@ -201,7 +196,9 @@ class Jobserver:
         self._engine = Engine(pool)
         self._closed = False
         # (values of _child.EXPORTED here, the exports they give), see _exports().
-        self._exports_cache: tuple[tuple[str | None, ...], _child.Exports] | None = None
+        self._exports_cache: (
+            tuple[tuple[object, ...], _child.Exports, _child.EncodedExports] | None
+        ) = None
 
     # -- properties ---------------------------------------------------------------------
 
@@ -246,20 +243,31 @@ class Jobserver:
                 (spawn/forkserver pickle them).
             RuntimeError: the Jobserver is closed.
         """
+        # Every call made per job costs the process that makes it page faults
+        # after each fork (see _child.run), so the usual case (no env, no
+        # sleep_fn, one slot, a free slot) takes the short way through.
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         args = tuple(args)
         kwargs = dict(kwargs) if kwargs is not None else {}
         if isinstance(consume, bool) or not isinstance(consume, int) or consume < 0:
             raise ValueError(f"consume must be a non-negative int, not {consume!r}")
-        _check_timeout(timeout)
+        if timeout is not None:
+            _check_timeout(timeout)
         if self._closed:
             raise RuntimeError("the Jobserver is closed")
-        job_env = self._env + _normalize_env(env)
+        job_env = self._env if env is None else self._env + _normalize_env(env)
         preexec = preexec_fn if preexec_fn is not None else self._preexec_fn
         admit = sleep_fn if sleep_fn is not None else self._sleep_fn
-        deadline = None if timeout is None else monotonic() + timeout
-        tokens = self._admit(consume, admit, deadline, timeout)
+        token = None
+        if admit is None and consume == 1:
+            self._engine.settle()
+            token = self._pool.try_acquire()
+        if token is not None:
+            tokens = [token]
+        else:
+            deadline = None if timeout is None else monotonic() + timeout
+            tokens = self._admit(consume, admit, deadline, timeout)
         try:
             return self._launch(fn, args, kwargs, job_env, preexec, tokens)
         except BaseException:
@@ -310,14 +318,16 @@ class Jobserver:
                 engine.release(token)
             raise
 
-    def _exports(self) -> _child.Exports:
-        """What a job exports to advertise the pool, recomputed only when this
-        process's MAKEFLAGS/MFLAGS/CARGO_MAKEFLAGS change."""
-        key = tuple(os.environ.get(name) for name in _child.EXPORTED)
+    def _exports(self) -> tuple[_child.Exports, _child.EncodedExports]:
+        """What a job exports to advertise the pool (as str, and as bytes for
+        os.environ), recomputed only when this process's MAKEFLAGS/MFLAGS/
+        CARGO_MAKEFLAGS change."""
+        key = _child.exported_here()
         cached = self._exports_cache
         if cached is None or cached[0] != key:
-            cached = self._exports_cache = (key, _child.pool_exports(self._pool))
-        return cached[1]
+            exports = _child.pool_exports(self._pool)
+            cached = self._exports_cache = (key, exports, _child.encode_exports(exports))
+        return cached[1], cached[2]
 
     def _launch(
         self,
@@ -328,17 +338,14 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None,
         tokens: list[Token],
     ) -> Future[Any]:
+        if self._method == "fork":
+            return self._fork(fn, args, kwargs, env, preexec_fn, tokens)
         engine = self._engine
-        exports = self._exports()
+        exports, _encoded = self._exports()
         r, w = os.pipe()
         try:
             with engine.spawn_lock:
-                if self._method == "fork":
-                    process: _Process | _MultiprocessingProcess = self._fork(
-                        r, w, fn, args, kwargs, env, preexec_fn, exports
-                    )
-                else:
-                    process = self._start(w, fn, args, kwargs, env, preexec_fn, exports)
+                process = self._start(w, fn, args, kwargs, env, preexec_fn, exports)
                 # Close our copy of the write end before any other job starts,
                 # so end-of-file means exactly "this job's process is done".
                 os.close(w)
@@ -355,35 +362,78 @@ class Jobserver:
 
     def _fork(
         self,
-        r: int,
-        w: int,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         env: _child.Env,
         preexec_fn: Callable[[], Any] | None,
-        exports: _child.Exports,
-    ) -> _Process:
+        tokens: list[Token],
+    ) -> Future[Any]:
+        """Fork the job's process and register it.
+
+        Where the kernel allows (Linux: memfd and pidfd), the child writes its
+        frame into a private memfd and the parent waits for its exit, on a
+        pidfd: one wake-up per job, like a bare fork and waitpid, and the child
+        never waits for the parent to drain anything. The pipe is still made:
+        nothing is written to it, but its write end, held by the job and by
+        whatever it forks, keeps the job running (and its slot taken) until
+        the last of those has exited; once the process is reaped, one read
+        tells. Elsewhere the frame comes through the pipe itself (see
+        :meth:`Future._advance`).
+        """
+        engine = self._engine
+        _exports, encoded = self._exports()
+        inherit = self._pool.pass_fds
+        in_memory = _memfd_results()
+        r = w = m = -1
+        pid = 0
+        process: _Process | None = None
         _flush_std_streams()
         # Hold off SIGINT/SIGTERM until the job is registered: a KeyboardInterrupt
         # between fork and bookkeeping would orphan a process holding our token.
-        old_mask = _sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)
+        old_mask = _sigmask(_SIG_BLOCK, _BLOCKED_SIGNALS)
         try:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the child
-                code = 1
-                try:
-                    _sigmask(signal.SIG_SETMASK, old_mask)
-                    os.close(r)
-                    code = _child.run_job(
-                        w, fn, args, kwargs, env, preexec_fn, self._pool, exports
-                    )
-                finally:
-                    _flush_std_streams()
-                    os._exit(code)
-            return _Process(pid)
+            if in_memory:
+                m = os.memfd_create("makejobs-result", _MFD_CLOEXEC)
+            r, w = os.pipe()
+            with engine.spawn_lock:
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - runs in the child
+                    # As little as possible happens here (see _child.run). The
+                    # pipe is left for the exit to close, after the flush.
+                    code = 1
+                    try:
+                        _sigmask(_SIG_SETMASK, old_mask)
+                        os.close(r)
+                        out = m if m >= 0 else w
+                        code = _child.run(out, fn, args, kwargs, env, preexec_fn, encoded, inherit)
+                    finally:
+                        _flush_std_streams()
+                        os._exit(code)
+                # Close our copy of the write end before any other job starts, so
+                # end-of-file means exactly "this job and what it forked are done".
+                os.close(w)
+                w = -1
+            process = _Process(pid)
+            if in_memory and process.exit_fd() is None:
+                raise OSError("cannot open a pidfd to watch the job's process")
+            os.set_blocking(r, False)
+            future: Future[Any] = Future(engine, process, r, tokens, m if in_memory else None)
+            engine.add(future)
+            return future
+        except BaseException:
+            if pid:
+                # Never registered: it must not run on tokens about to go back.
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                if process is not None:
+                    process.forget_pidfd(close=True)
+            _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
+            raise
         finally:
-            _sigmask(signal.SIG_SETMASK, old_mask)
+            _sigmask(_SIG_SETMASK, old_mask)
 
     def _start(
         self,
@@ -504,6 +554,7 @@ class Jobserver:
             return
         self._closed = True
         engine = self._engine
+        engine.own()
         if terminate:
             with engine.lock:
                 running = list(engine.running)
@@ -527,6 +578,7 @@ class Jobserver:
         self.close(terminate=exc_type is not None)
 
     def __repr__(self) -> str:
+        self._engine.own()
         with self._engine.lock:
             running = len(self._engine.running)
         return f"<Jobserver {self._method!r} running={running} pool={self._pool!r}>"
@@ -588,6 +640,28 @@ def _zip_calls(
         if k is not None and not isinstance(k, Mapping):
             raise TypeError(f"each element of kwargses must be a mapping, not {k!r}")
         yield (tuple(a) if a is not None else (), dict(k) if k is not None else {})
+
+
+# None until probed: whether forked jobs hand their frame over in a memfd, their
+# exit watched through a pidfd (Linux 5.3 and later), rather than in a pipe.
+_memfd_ok: bool | None = None
+_MFD_CLOEXEC = getattr(os, "MFD_CLOEXEC", 1)
+
+
+def _memfd_results() -> bool:
+    global _memfd_ok
+    ok = _memfd_ok
+    if ok is None:
+        ok = False
+        if hasattr(os, "memfd_create") and hasattr(os, "pidfd_open"):
+            try:
+                os.close(os.pidfd_open(os.getpid()))
+                os.close(os.memfd_create("makejobs-probe", _MFD_CLOEXEC))
+                ok = True
+            except OSError:
+                pass  # an old kernel, or a sandbox that forbids them
+        _memfd_ok = ok
+    return ok
 
 
 def _flush_std_streams() -> None:

@@ -52,6 +52,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    import select
     import subprocess
 
     from .process import JobPopen
@@ -121,16 +122,23 @@ class _ImplicitSlot:
     pipe, which whoever takes the slot next drains. Readiness of that pipe
     thus means "the implicit slot may be free", the same level-triggered
     meaning the pool's pipe has for tokens.
+
+    The wake-up pipe (and the epoll set over it and the pool's reader) is
+    made with the slot in the process that opens the pool, but in a forked
+    child only when something there first waits (:meth:`wake_fd`,
+    :meth:`poll_fd`): a job that takes only its implicit slot never pays for
+    three more descriptors.
     """
 
-    __slots__ = ("combined", "lock", "pending", "wake_lock", "wake_r", "wake_w")
+    __slots__ = ("combined", "lock", "pending", "reader", "wake_lock", "wake_r", "wake_w")
 
     def __init__(self, reader: int) -> None:
         self.lock = threading.Lock()
         self.wake_lock = threading.Lock()
         self.pending = False
-        self.wake_r, self.wake_w = _posix.wake_pipe()
-        self.combined = _posix.combine(reader, self.wake_r)
+        self.reader = reader
+        self.wake_r = self.wake_w = -1
+        self.combined: select.epoll | None = None
 
     def take(self) -> bool:
         lock = self.lock
@@ -149,7 +157,8 @@ class _ImplicitSlot:
         with self.wake_lock:
             # Signal before releasing, so whoever takes the slot finds the
             # byte already there to drain (no stale byte, no busy wake-ups).
-            if not self.pending:
+            # No pipe yet means nobody has waited: there is nobody to tell.
+            if not self.pending and self.wake_w >= 0:
                 self.pending = True
                 try:
                     os.write(self.wake_w, b"\0")
@@ -157,10 +166,46 @@ class _ImplicitSlot:
                     pass
             self.lock.release()
 
+    def wake_fd(self) -> int:
+        """The read end of the wake-up pipe, made on first use."""
+        if self.wake_r < 0:
+            self._make_wake_pipe()
+        return self.wake_r
+
+    def poll_fd(self) -> int:
+        """An fd readable when a token or the implicit slot may be free (see TokenPool.fileno)."""
+        if self.wake_r < 0:
+            self._make_wake_pipe()
+        combined = self.combined
+        return self.reader if combined is None else combined.fileno()
+
+    def _make_wake_pipe(self) -> None:
+        with self.wake_lock:
+            if self.wake_r >= 0:
+                return
+            wake_r, wake_w = _posix.wake_pipe()
+            try:
+                self.combined = _posix.combine(self.reader, wake_r)
+            except BaseException:
+                _posix.close_quietly(wake_r, wake_w)
+                raise
+            # Born level-triggered like the pool's pipe: if the slot is free
+            # now, a waiter must see it (give_back wrote nothing while there
+            # was no pipe). Under wake_lock, so no give_back slips in between.
+            if not self.lock.locked():
+                os.write(wake_w, b"\0")
+                self.pending = True
+            self.wake_w = wake_w
+            self.wake_r = wake_r  # last: readers test it without the lock
+
     def close(self) -> None:
-        if self.combined is not None:
-            self.combined.close()
-        _posix.close_quietly(self.wake_r, self.wake_w)
+        combined, self.combined = self.combined, None
+        if combined is not None:
+            combined.close()
+        wake_r, wake_w = self.wake_r, self.wake_w
+        self.wake_r = self.wake_w = -1
+        if wake_r >= 0:
+            _posix.close_quietly(wake_r, wake_w)
 
 
 class _Slot:
@@ -188,21 +233,59 @@ def live_pools() -> list[TokenPool]:
     return [pool for pool in list(_live_pools) if not pool._closed]
 
 
+# -- fork ------------------------------------------------------------------------------
+#
+# A forked child must not use its parent's per-process state: the implicit
+# slot (the child runs on the token its parent acquired for it, which is its
+# own implicit slot), the held tokens, locks another parent thread may have
+# held at the fork, ownership. That state is not rebuilt at the fork: the only
+# at-fork work is counting the fork, and each pool (and each Jobserver engine)
+# compares the count it was set up under with the current one when it is next
+# used, rebuilding its state then. A forked job that never touches its
+# inherited pools, the common case, thus pays nothing for them: at-fork hooks
+# run in every fork of the process, and eager ones cost every job a few
+# hundred microseconds of copy-on-write page faults per live pool.
+
+#: Forks between the process that started this interpreter and this one.
+fork_generation = 0
+#: The generation in which this process last set up (or rebuilt) a pool's
+#: state: if it is not the current one, this process holds no tokens at all.
+_touched_generation = 0
+# Serializes rebuilding after a fork (threads the child started may race to
+# it); made anew in each child, since a parent thread may hold it at the fork.
+_fork_lock = threading.Lock()
+
+
 def _after_fork_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._reset_after_fork()
+    global fork_generation, _fork_lock
+    fork_generation += 1
+    _fork_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _note_touched() -> None:
+    """A pool's state was set up in this process: it may come to hold tokens."""
+    global _touched_generation
+    _touched_generation = fork_generation
+
+
+def return_held_everywhere(why: str) -> None:
+    """Write back every token this process holds in any pool (a safety net for exits)."""
+    if _touched_generation != fork_generation:
+        return  # no pool was used since the fork: nothing can be held
+    for pool in live_pools():
+        if pool._generation == fork_generation:
+            with contextlib.suppress(Exception):
+                pool.return_held(why)
+
+
 def _return_held_at_exit() -> None:
     # A program that ends (normally, or by an uncaught KeyboardInterrupt)
     # while holding tokens outside a with block must not take them along.
-    for pool in live_pools():
-        with contextlib.suppress(Exception):
-            pool.return_held("the interpreter is exiting")
+    return_held_everywhere("the interpreter is exiting")
 
 
 atexit.register(_return_held_at_exit)
@@ -220,7 +303,7 @@ class TokenPool:
             the fd numbers they inherit, or :class:`~makejobs.protocol.FifoAuth`).
         slots: total parallelism N when known (always for created pools; from
             ``-jN`` for joined ones, where it is informative only).
-        owner: True in the process that created the pool.
+        owner: True in the process that created the pool (never in a forked child).
         flags: the parsed ``MAKEFLAGS`` a joined pool came from, else None.
         variable: the environment variable a joined pool came from, else None.
     """
@@ -228,7 +311,6 @@ class TokenPool:
     style: Style
     auth: PipeAuth | FifoAuth
     slots: int | None
-    owner: bool
     flags: MakeFlags | None
     variable: str | None
     _reader: int
@@ -243,6 +325,10 @@ class TokenPool:
     _ledger_path: str | None
     _record: Record | None
     _inherited_records: list[int]
+    # Per-process state, valid only in the fork generation it was set up in
+    # (see _after_fork_in_child): call _own() before using any of it.
+    _generation: int
+    _owner: bool
     _implicit: _ImplicitSlot
     _held: set[Token]
     _state_lock: threading.Lock
@@ -275,7 +361,7 @@ class TokenPool:
         self.style = style
         self.auth = auth
         self.slots = slots
-        self.owner = owner
+        self._owner = owner
         self.flags = flags
         self.variable = variable
         self._reader = reader
@@ -289,12 +375,15 @@ class TokenPool:
         self._source_auth = auth if source_auth is None else source_auth
         try:
             self._implicit = _ImplicitSlot(reader)
+            self._implicit.wake_fd()
         except BaseException:
             self._closed = True
             _posix.close_quietly(reader, writer, *export_fds, *inherited_records)
             raise
         self._held = set()
         self._state_lock = threading.Lock()
+        self._generation = fork_generation
+        _note_touched()
         # Token ledger (see makejobs.ledger): the creator's directory, and this
         # process's record in it, opened when it first holds a token.
         self._ledger = ledger
@@ -523,6 +612,8 @@ class TokenPool:
         """
         if self._closed:
             raise ValueError("the token pool is closed")
+        if self._generation != fork_generation:
+            self._reset_after_fork()
         implicit = self._implicit
         # The implicit slot is usually out: test that inline, it is the hot path.
         if not implicit.lock.locked() and implicit.take():
@@ -556,7 +647,7 @@ class TokenPool:
             remaining = None if deadline is None else deadline - monotonic()
             if remaining is not None and remaining <= 0:
                 raise Blocked(f"no jobserver token became free within {timeout} s")
-            _posix.wait_readable((self._reader, self._implicit.wake_r), remaining)
+            _posix.wait_readable((self._reader, self._implicit.wake_fd()), remaining)
             # Readable may still mean nothing for us: another client can take
             # the token between poll and read (EAGAIN), which try_acquire
             # reports as None.
@@ -575,6 +666,8 @@ class TokenPool:
             raise ValueError(f"{token!r} does not belong to this pool")
         if token._released:
             raise ValueError(f"{token!r} was already released")
+        if self._generation != fork_generation:
+            self._reset_after_fork()
         token._released = True
         if token.byte is None:
             self._implicit.give_back()
@@ -656,8 +749,8 @@ class TokenPool:
         Readable is a hint: follow it with :meth:`try_acquire`, which may
         still find nothing when another client was faster.
         """
-        combined = self._implicit.combined
-        return self._reader if combined is None else combined.fileno()
+        self._own()
+        return self._implicit.poll_fd()
 
     def available(self) -> int | None:
         """Tokens waiting in the pool right now (racy; for display), if the OS says."""
@@ -666,11 +759,13 @@ class TokenPool:
     @property
     def implicit_free(self) -> bool:
         """True while this process's implicit slot is not handed out."""
+        self._own()
         return not self._implicit.lock.locked()
 
     @property
     def held(self) -> int:
         """Tokens (other than the implicit slot) this process holds now."""
+        self._own()
         return len(self._held)
 
     # -- children -------------------------------------------------------------------
@@ -679,6 +774,8 @@ class TokenPool:
     def pass_fds(self) -> tuple[int, ...]:
         """The fds a child must inherit: the pool's (pipe style) and, with a token
         ledger, the records whose locks must outlive us while the child runs."""
+        if self._generation != fork_generation:
+            self._reset_after_fork()
         if self._record is None and not self._inherited_records:
             return self._export_fds
         records = [] if self._record is None else [self._record.fd]
@@ -758,6 +855,7 @@ class TokenPool:
             For a created pool, the number of tokens found (``slots - 1`` when
             every client returned its tokens); None for a joined pool.
         """
+        self._own()
         with self._state_lock:
             if self._closed:
                 return self._close_result
@@ -813,6 +911,7 @@ class TokenPool:
         returned without releasing, a pool being closed): the tokens go back
         instead of being lost for the rest of the build. Returns how many.
         """
+        self._own()
         held = list(self._held)
         if held:
             warnings.warn(
@@ -855,24 +954,42 @@ class TokenPool:
 
     # -- fork and pickle ------------------------------------------------------------
 
+    @property
+    def owner(self) -> bool:
+        """True in the process that created the pool (never in a forked child)."""
+        return self._owner and self._generation == fork_generation
+
+    def _own(self) -> None:
+        """Make sure the per-process state is this process's (see _after_fork_in_child)."""
+        if self._generation != fork_generation:
+            self._reset_after_fork()
+
     def _reset_after_fork(self) -> None:
-        # The child runs on the token its parent acquired for it: that is its
-        # implicit slot. It holds nothing else and owns nothing. The wake-up
-        # pipe and epoll set are the parent's: make our own.
-        self._implicit.close()
-        self._implicit = _ImplicitSlot(self._reader)
-        self._state_lock = threading.Lock()
-        self._held = set()
-        self.owner = False
-        # Our parent's ledger record stays open here: its lock says that a
-        # process running on the parent's tokens is still alive.
-        if self._record is not None:
-            self._inherited_records.append(self._record.fd)
-            self._record = None
+        """First use in a forked child (or grandchild...): drop the ancestor's state."""
+        with _fork_lock:
+            if self._generation == fork_generation:
+                return  # another thread of this process got here first
+            # The child runs on the token its parent acquired for it: that is its
+            # implicit slot. It holds nothing else and owns nothing. The wake-up
+            # pipe and epoll set (if any) are the parent's: close our copies; ours
+            # are made when something here first waits.
+            self._implicit.close()
+            self._implicit = _ImplicitSlot(self._reader)
+            self._state_lock = threading.Lock()
+            self._held = set()
+            self._owner = False
+            # Our parent's ledger record stays open here: its lock says that a
+            # process running on the parent's tokens is still alive.
+            if self._record is not None:
+                self._inherited_records.append(self._record.fd)
+                self._record = None
+            _note_touched()
+            self._generation = fork_generation  # last: others test it without the lock
 
     def __reduce__(self) -> Any:
         if self._closed:
             raise ValueError("cannot pickle a closed token pool")
+        self._own()
         from multiprocessing.reduction import DupFd
 
         records = [] if self._record is None else [self._record.fd]
@@ -953,6 +1070,7 @@ def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
     """
     for pool in list(_live_pools):
         if not pool._closed and auth in (pool.auth, pool._source_auth):
+            pool._own()
             with pool._state_lock:
                 if not pool._closed:
                     pool._users += 1

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import enum
 import gc
+import math
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+import makejobs.jobserver as jobserver_module
 from makejobs import (
     Blocked,
     CallbackRaised,
@@ -632,3 +637,227 @@ def test_a_child_that_dies_before_unpickling_its_job_fails_promptly(method: str)
             assert js.submit(identity, (2,)).result(timeout=60) == 2
     finally:
         del sys.modules["makejobs_ghost_module"]
+
+
+# -- fork: how results come back, and what a fork inherits -------------------------------------
+
+
+@pytest.fixture(params=["memfd", "pipe"])
+def channel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Forked jobs hand their frame over in a memfd (where the kernel has memfd and
+    pidfd) or in a pipe (elsewhere): run the test with each."""
+    if request.param == "memfd" and not jobserver_module._memfd_results():
+        pytest.skip("no memfd or pidfd on this kernel")
+    monkeypatch.setattr(jobserver_module, "_memfd_ok", request.param == "memfd")
+    yield request.param
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Label(str):
+    pass
+
+
+EXACT_VALUES: list[Any] = [
+    0,
+    -(2**100),
+    1.5,
+    float("inf"),
+    3 + 4j,
+    "",
+    "\u00e9\udcff",  # a lone surrogate, as os.fsdecode() makes them
+    b"\x00\xff" * 3,
+    True,
+    None,
+    Colour.RED,  # subclasses of the plain types must keep their type
+    Label("x"),
+    (1, "a"),
+    [1, 2],
+    {"k": b"v"},
+]
+
+
+def test_fork_results_come_back_exactly(channel: str) -> None:
+    with Jobserver(FAST, slots=2) as js:
+        futures = [js.submit(identity, (value,)) for value in EXACT_VALUES]
+        for value, future in zip(EXACT_VALUES, futures):
+            got = future.result(timeout=60)
+            assert type(got) is type(value) and got == value
+        assert math.isnan(js.submit(identity, (float("nan"),)).result(timeout=60))
+
+
+def test_fork_channels_detect_deaths_and_carry_big_results(channel: str) -> None:
+    with Jobserver(FAST, slots=3) as js:
+        killed = js.submit(kill_self, (signal.SIGKILL,))
+        exited = js.submit(call_sys_exit, (3,))
+        big = js.submit(big_result, (8 << 20,))
+        with pytest.raises(SubmissionDied, match="SIGKILL"):
+            killed.result(timeout=60)
+        with pytest.raises(SubmissionDied, match="SystemExit"):
+            exited.result(timeout=60)
+        assert exited.exitcode == 3
+        assert len(big.result(timeout=60)) == 8 << 20
+        with pytest.raises(ValueError, match="boom"):
+            js.submit(raise_value_error, ("boom",)).result(timeout=60)
+        assert js.pool.implicit_free and js.pool.held == 0
+
+
+def job_leaves_a_grandchild(release_fd: int) -> int:
+    """Return at once, leaving a child that holds every fd of the job (its result fd too)."""
+    if os.fork() == 0:  # pragma: no cover - the grandchild
+        try:
+            os.read(release_fd, 1)
+        finally:
+            os._exit(0)
+    return 42
+
+
+def test_a_grandchild_holding_the_pipe_keeps_the_future_running(channel: str) -> None:
+    """What a job forked runs on the job's slot: the slot comes back when the last is gone."""
+    release_r, release_w = os.pipe()
+    try:
+        with Jobserver(FAST, slots=1) as js:
+            future = js.submit(job_leaves_a_grandchild, (release_r,))
+            # Until the job process has exited (it stays unreaped for the future).
+            os.waitid(os.P_PID, future.pid, os.WEXITED | os.WNOWAIT)
+            assert not future.done()
+            # Reaped all the same: no zombie waits for the grandchild.
+            assert future.exitcode == 0
+            assert not js.pool.implicit_free  # the grandchild still runs on the slot
+            os.write(release_w, b"x")
+            assert future.result(timeout=60) == 42
+            assert js.pool.implicit_free
+    finally:
+        os.close(release_r)
+        os.close(release_w)
+
+
+def shell_sees(name: str) -> tuple[str | None, str]:
+    """A variable as this process's os.environ has it, and as a program it execs sees it."""
+    out = subprocess.run(
+        ["sh", "-c", f'printf %s "${name}"'], capture_output=True, text=True, check=True
+    )
+    return os.environ.get(name), out.stdout
+
+
+def test_forked_jobs_export_the_pool_to_programs_they_exec(channel: str) -> None:
+    with Jobserver(FAST, slots=2, env={"MAKEJOBS_TEST_VAR": "set"}) as js:
+        in_python, in_shell = js.submit(shell_sees, ("MAKEFLAGS",)).result(timeout=60)
+        assert in_python is not None and in_shell == in_python
+        assert parse_makeflags(in_shell).auth == js.pool.auth
+        assert js.submit(shell_sees, ("MAKEJOBS_TEST_VAR",)).result(timeout=60) == ("set", "set")
+    assert "MAKEJOBS_TEST_VAR" not in os.environ
+
+
+def wait_for_byte(fd: int) -> str:
+    os.read(fd, 1)
+    return "released"
+
+
+def _run_in_child(body: Callable[[], bool]) -> int:
+    """Fork; the child runs *body* under a watchdog and exits 0 if it returned True."""
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads: on purpose here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            signal.alarm(60)  # a deadlock fails the test instead of hanging it
+            code = 0 if body() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_forked_child_uses_inherited_and_new_jobservers(channel: str) -> None:
+    """A child of a process with a live Jobserver (and a job running) starts clean."""
+    from makejobs._engine import live_engines
+
+    release_r, release_w = os.pipe()
+    try:
+        with Jobserver(FAST, slots=3) as js:
+            running = js.submit(wait_for_byte, (release_r,))
+            assert live_engines() == [js._engine]
+
+            def child() -> bool:
+                if live_engines() != []:  # the parent's job is not the child's to reap
+                    return False
+                with Jobserver(FAST, slots=2) as mine:
+                    if mine.submit(identity, (5,)).result(timeout=60) != 5:
+                        return False
+                # The inherited one, first used here: its own engine and implicit slot.
+                if not js.pool.implicit_free or js.submit(identity, (6,)).result(60) != 6:
+                    return False
+                return js.pool.implicit_free and js.pool.held == 0
+
+            assert _run_in_child(child) == 0
+            os.write(release_w, b"x")
+            assert running.result(timeout=60) == "released"
+            assert js.pool.implicit_free and js.pool.held == 0
+    finally:
+        os.close(release_r)
+        os.close(release_w)
+
+
+def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
+    channel: str,
+) -> None:
+    with Jobserver(FAST, slots=2) as js:
+        assert js.submit(identity, (1,)).result(timeout=60) == 1
+        js.pool.fileno()
+        holding, release = threading.Event(), threading.Event()
+        engine = js._engine
+
+        def hold() -> None:
+            with engine.lock, engine.spawn_lock, engine.callback_lock, js.pool._state_lock:
+                holding.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert holding.wait(60)
+            assert _run_in_child(lambda: js.submit(identity, (7,)).result(60) == 7) == 0
+        finally:
+            release.set()
+            holder.join(60)
+        assert js.submit(identity, (8,)).result(timeout=60) == 8
+
+
+def test_a_pidfd_that_cannot_be_opened_fails_the_submit_and_keeps_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not jobserver_module._memfd_results():
+        pytest.skip("no memfd or pidfd on this kernel")
+    baseline = helper_children()
+    with Jobserver(FAST, slots=1) as js:
+
+        def refuse(pid: int) -> int:
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(os, "pidfd_open", refuse)
+        with pytest.raises(OSError, match="pidfd"):
+            js.submit(span, (30,))
+        # The child was killed and reaped before the token went back.
+        assert job_children(baseline) == 0
+        assert js.pool.implicit_free and js.pool.held == 0
+        monkeypatch.undo()
+        assert js.submit(identity, (3,)).result(timeout=60) == 3
+
+
+def freeze_count() -> int:
+    return gc.get_freeze_count()
+
+
+def test_forked_jobs_keep_the_collector_off_what_they_inherit() -> None:
+    """A collection in a job must not walk (and so copy) the parent's objects."""
+    if not gc.isenabled():
+        pytest.skip("the garbage collector is disabled here")
+    before = gc.get_freeze_count()
+    with Jobserver(FAST, slots=1) as js:
+        assert js.submit(freeze_count).result(timeout=60) > before
+    assert gc.get_freeze_count() == before  # the parent's own objects stay collectable

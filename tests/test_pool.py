@@ -15,14 +15,14 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from makejobs import _posix
 from makejobs.errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
-from makejobs.pool import TokenPool
+from makejobs.pool import Token, TokenPool
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
 
 
@@ -639,6 +639,167 @@ def test_fileno_is_readable_when_the_implicit_slot_is_free() -> None:
         assert again is not None and again.implicit
         assert select.select([pool.fileno()], [], [], 0)[0] == []  # no stale wake-up
         pool.release(again)
+
+
+def test_fileno_first_asked_for_while_the_implicit_slot_is_free_is_readable() -> None:
+    """The wake-up pipe is made on first use, already readable if the slot is free then."""
+    import select
+
+    with TokenPool.create(1) as pool:
+        assert select.select([pool.fileno()], [], [], 0)[0] == [pool.fileno()]
+        token = pool.try_acquire()
+        assert token is not None and token.implicit
+        assert select.select([pool.fileno()], [], [], 0)[0] == []
+        pool.release(token)
+        assert select.select([pool.fileno()], [], [], 0)[0] == [pool.fileno()]
+
+
+def _run_in_child(body: Callable[[], bool]) -> int:
+    """Fork; the child runs *body* under a watchdog and exits 0 if it returned True.
+
+    Returns the child's exit code (negative: killed by that signal, e.g. the
+    watchdog's SIGALRM when it deadlocked).
+    """
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads: on purpose here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            signal.alarm(60)  # a deadlock fails the test instead of hanging it
+            code = 0 if body() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _fd_identities() -> dict[int, tuple[int, int]]:
+    """(device, inode) of every fd of this process, to tell whether any were made anew."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            st = os.fstat(int(name))
+        except OSError:
+            continue  # the listing's own fd, closed by now
+        out[int(name)] = (st.st_dev, st.st_ino)
+    return out
+
+
+def test_a_fork_makes_no_descriptors_for_the_pools_it_inherits() -> None:
+    """Live pools cost a fork nothing: no wake-up pipe or epoll set is made until used."""
+    pools = [TokenPool.create(2) for _ in range(3)]
+    try:
+        for pool in pools:
+            pool.fileno()  # the parent's wake-up pipes and epoll sets exist
+            token = pool.acquire(timeout=0)
+            pool.release(token)
+        before = _fd_identities()
+
+        def child() -> bool:
+            # Nothing here touches a pool before looking: the descriptors are the
+            # parent's, the same files (an eager reset would have replaced them).
+            return _fd_identities() == before
+
+        assert _run_in_child(child) == 0
+    finally:
+        for pool in pools:
+            pool.close()
+
+
+def test_a_pool_first_used_in_a_forked_child() -> None:
+    with TokenPool.create(3) as pool:
+        implicit = pool.acquire()
+        token = pool.acquire(timeout=0)
+        parent_fileno = pool.fileno()
+
+        def child() -> bool:
+            import select
+
+            # Untouched so far: the parent's state must not show through.
+            if pool.owner or pool.held != 0 or not pool.implicit_free:
+                return False
+            mine = pool.try_acquire()
+            other = pool.acquire(timeout=5)  # the one token the parent left
+            if mine is None or not mine.implicit or other.byte != b"+":
+                return False
+            if pool.try_acquire() is not None:
+                return False
+            # Its own wake-up pipe and epoll set, which see its own slot come back.
+            pool.release(mine)
+            if select.select([pool.fileno()], [], [], 0)[0] != [pool.fileno()]:
+                return False
+            pool.release(other)
+            return pool.close() is None  # not the owner: no draining, no count
+
+        assert _run_in_child(child) == 0
+        # The parent's state is as it was.
+        assert pool.owner and pool.held == 1 and not pool.implicit_free
+        assert pool.fileno() == parent_fileno
+        pool.release(token)
+        pool.release(implicit)
+        assert pool.available() == 2
+    assert pool.closed
+
+
+def test_threads_of_a_forked_child_racing_to_first_use_share_one_implicit_slot() -> None:
+    with TokenPool.create(8) as pool:
+        held = pool.acquire()  # the parent's implicit slot, lent to the child
+
+        def child() -> bool:
+            barrier = threading.Barrier(6)
+            got: list[object] = []
+
+            def take() -> None:
+                barrier.wait(30)
+                got.append(pool.try_acquire())
+
+            threads = [threading.Thread(target=take) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            tokens = [t for t in got if isinstance(t, Token)]
+            implicit = [t for t in tokens if t.implicit]
+            ok = len(tokens) == 6 and len(implicit) == 1 and pool.held == 5
+            for token in tokens:
+                pool.release(token)
+            return ok
+
+        assert _run_in_child(child) == 0
+        pool.release(held)
+        assert pool.available() == 7
+
+
+def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork() -> None:
+    with TokenPool.create(2) as pool:
+        pool.fileno()
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with pool._state_lock, pool._implicit.wake_lock, pool._implicit.lock:
+                holding.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert holding.wait(60)
+
+            def child() -> bool:
+                token = pool.acquire(timeout=5)  # the implicit slot, though held above
+                if not token.implicit:
+                    return False
+                pool.fileno()
+                pool.release(token)
+                return pool.close() is None
+
+            assert _run_in_child(child) == 0
+        finally:
+            release.set()
+            holder.join(60)
+        assert pool.implicit_free and pool.held == 0
 
 
 def test_joining_a_pool_this_process_holds_returns_the_same_handle(
