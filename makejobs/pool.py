@@ -29,15 +29,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import shutil
-import tempfile
 import threading
 import warnings
 import weakref
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Literal
 
 from . import _posix
 from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
@@ -50,16 +47,33 @@ from .protocol import (
     parse_makeflags,
     replace_auth,
 )
+from .token import ImplicitSlot, Slot, Token
 
+# Not typing.TYPE_CHECKING, and no typing at run time (see makejobs/__init__.py):
+# every makejobs command and job imports this module.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import select
     import subprocess
+    from typing import Any, Literal
 
     from .process import JobPopen
 
 __all__ = ["ENVIRON_VARIABLES", "Style", "Token", "TokenPool"]
 
-Style = Literal["pipe", "fifo"]
+if TYPE_CHECKING:
+    #: How a pool is shared: an anonymous pipe or a named fifo.
+    Style = Literal["pipe", "fifo"]
+
+
+def __getattr__(name: str) -> Any:
+    # Style at run time (for annotations a program evaluates), built on first
+    # use so that importing the pool does not import typing.
+    if name == "Style":
+        from typing import Literal
+
+        return Literal["pipe", "fifo"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Where a pool is looked for, in order (as jobserver-rs does, but falling
 #: through a variable that advertises no pool).
@@ -77,152 +91,6 @@ _CLOSED_FDS_HINT = (
     " subprocess closes them unless they are in pass_fds (use TokenPool.run()/popen(),"
     " or pass_fds=pool.pass_fds)"
 )
-
-
-class Token:
-    """One slot of parallelism held by this process.
-
-    ``byte`` is the byte read from the pool, or None for the implicit slot.
-    Give it back with :meth:`TokenPool.release` exactly once, or use it as a
-    context manager: ``with pool.acquire() as token:`` releases it on exit.
-    """
-
-    __slots__ = ("__weakref__", "_pool", "_released", "byte")
-
-    def __init__(self, pool: TokenPool, byte: bytes | None) -> None:
-        self._pool = pool
-        self._released = False
-        self.byte = byte
-
-    @property
-    def implicit(self) -> bool:
-        """True for the process's implicit slot, which is never written to the pool."""
-        return self.byte is None
-
-    def __repr__(self) -> str:
-        state = " released" if self._released else ""
-        return f"<Token {'implicit' if self.byte is None else repr(self.byte)}{state}>"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a Token belongs to the process that acquired it and cannot be pickled")
-
-    def __enter__(self) -> Token:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._pool.release(self)
-
-
-class _ImplicitSlot:
-    """This process's implicit slot, and a way for waiters to see it come back.
-
-    The implicit slot never travels through the pool's pipe, so a thread
-    blocked in poll() on that pipe would not notice another thread giving it
-    back. Giving it back therefore also leaves a byte in a private wake-up
-    pipe, which whoever takes the slot next drains. Readiness of that pipe
-    thus means "the implicit slot may be free", the same level-triggered
-    meaning the pool's pipe has for tokens.
-
-    The wake-up pipe (and the epoll set over it and the pool's reader) is
-    made with the slot in the process that opens the pool, but in a forked
-    child only when something there first waits (:meth:`wake_fd`,
-    :meth:`poll_fd`): a job that takes only its implicit slot never pays for
-    three more descriptors.
-    """
-
-    __slots__ = ("combined", "lock", "pending", "reader", "wake_lock", "wake_r", "wake_w")
-
-    def __init__(self, reader: int) -> None:
-        self.lock = threading.Lock()
-        self.wake_lock = threading.Lock()
-        self.pending = False
-        self.reader = reader
-        self.wake_r = self.wake_w = -1
-        self.combined: select.epoll | None = None
-
-    def take(self) -> bool:
-        lock = self.lock
-        # locked() first: the slot is usually out, and a failing acquire()
-        # costs several times more than the check.
-        if lock.locked() or not lock.acquire(False):
-            return False
-        if self.pending:
-            with self.wake_lock:
-                if self.pending:
-                    _posix.drain(self.wake_r)
-                    self.pending = False
-        return True
-
-    def give_back(self) -> None:
-        with self.wake_lock:
-            # Signal before releasing, so whoever takes the slot finds the
-            # byte already there to drain (no stale byte, no busy wake-ups).
-            # No pipe yet means nobody has waited: there is nobody to tell.
-            if not self.pending and self.wake_w >= 0:
-                self.pending = True
-                try:
-                    os.write(self.wake_w, b"\0")
-                except BlockingIOError:
-                    pass
-            self.lock.release()
-
-    def wake_fd(self) -> int:
-        """The read end of the wake-up pipe, made on first use."""
-        if self.wake_r < 0:
-            self._make_wake_pipe()
-        return self.wake_r
-
-    def poll_fd(self) -> int:
-        """An fd readable when a token or the implicit slot may be free (see TokenPool.fileno)."""
-        if self.wake_r < 0:
-            self._make_wake_pipe()
-        combined = self.combined
-        return self.reader if combined is None else combined.fileno()
-
-    def _make_wake_pipe(self) -> None:
-        with self.wake_lock:
-            if self.wake_r >= 0:
-                return
-            wake_r, wake_w = _posix.wake_pipe()
-            try:
-                self.combined = _posix.combine(self.reader, wake_r)
-            except BaseException:
-                _posix.close_quietly(wake_r, wake_w)
-                raise
-            # Born level-triggered like the pool's pipe: if the slot is free
-            # now, a waiter must see it (give_back wrote nothing while there
-            # was no pipe). Under wake_lock, so no give_back slips in between.
-            if not self.lock.locked():
-                os.write(wake_w, b"\0")
-                self.pending = True
-            self.wake_w = wake_w
-            self.wake_r = wake_r  # last: readers test it without the lock
-
-    def close(self) -> None:
-        combined, self.combined = self.combined, None
-        if combined is not None:
-            combined.close()
-        wake_r, wake_w = self.wake_r, self.wake_w
-        self.wake_r = self.wake_w = -1
-        if wake_r >= 0:
-            _posix.close_quietly(wake_r, wake_w)
-
-
-class _Slot:
-    """The context manager :meth:`TokenPool.slot` returns (a class: cheaper than a generator)."""
-
-    __slots__ = ("_pool", "_timeout", "_token")
-
-    def __init__(self, pool: TokenPool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-
-    def __enter__(self) -> Token:
-        self._token = self._pool.acquire(self._timeout)
-        return self._token
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._pool.release(self._token)
 
 
 _live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
@@ -329,7 +197,7 @@ class TokenPool:
     # (see _after_fork_in_child): call _own() before using any of it.
     _generation: int
     _owner: bool
-    _implicit: _ImplicitSlot
+    _implicit: ImplicitSlot
     _held: set[Token]
     _state_lock: threading.Lock
 
@@ -374,7 +242,7 @@ class TokenPool:
         # What this handle was joined from, to find it again (see _shared_handle).
         self._source_auth = auth if source_auth is None else source_auth
         try:
-            self._implicit = _ImplicitSlot(reader)
+            self._implicit = ImplicitSlot(reader)
             self._implicit.wake_fd()
         except BaseException:
             self._closed = True
@@ -573,19 +441,21 @@ class TokenPool:
 
     @classmethod
     def _create_fifo(cls, slots: int, dir: str | None) -> TokenPool:
+        import tempfile  # here: only fifo pools need it
+
         fifo_dir = tempfile.mkdtemp(prefix="makejobs-", dir=dir or _fifo_parent())
         path = os.path.join(fifo_dir, "fifo")
         try:
             os.mkfifo(path, 0o600)
             reader, writer = _posix.open_new_fifo_ends(path)
         except BaseException:
-            shutil.rmtree(fifo_dir, ignore_errors=True)
+            _remove_tree(fifo_dir)
             raise
         try:
             _posix.fill(writer, slots - 1, TOKEN_BYTE)
         except BaseException:
             _posix.close_quietly(reader, writer)
-            shutil.rmtree(fifo_dir, ignore_errors=True)
+            _remove_tree(fifo_dir)
             raise
         return cls._new(
             style="fifo",
@@ -693,7 +563,7 @@ class TokenPool:
         ``with pool.slot(timeout) as token:`` is ``acquire(timeout)`` on entry
         and ``release(token)`` on exit, whatever the exit.
         """
-        return _Slot(self, timeout)
+        return Slot(self, timeout)
 
     # -- asyncio and subprocesses (implemented in makejobs.aio / makejobs.process,
     #    which sit above this module: imported when first used) -------------------
@@ -890,7 +760,7 @@ class TokenPool:
             self._implicit.close()
             self._close_ledger()
             if self.owner and self._fifo_dir is not None:
-                shutil.rmtree(self._fifo_dir, ignore_errors=True)
+                _remove_tree(self._fifo_dir)
             _live_pools.discard(self)
             self._close_result = result
             return result
@@ -940,7 +810,7 @@ class TokenPool:
             self._implicit.close()
             self._close_ledger()
             if self.owner and self._fifo_dir is not None:
-                shutil.rmtree(self._fifo_dir, ignore_errors=True)
+                _remove_tree(self._fifo_dir)
 
     def __repr__(self) -> str:
         where = (
@@ -974,7 +844,7 @@ class TokenPool:
             # pipe and epoll set (if any) are the parent's: close our copies; ours
             # are made when something here first waits.
             self._implicit.close()
-            self._implicit = _ImplicitSlot(self._reader)
+            self._implicit = ImplicitSlot(self._reader)
             self._state_lock = threading.Lock()
             self._held = set()
             self._owner = False
@@ -1082,7 +952,16 @@ def _fifo_parent() -> str:
     """The directory for a new fifo: the temporary directory, unless its path
     has blanks or backslashes, which cargo and ninja cannot parse (they split
     MAKEFLAGS on spaces without honouring make's escapes)."""
+    import tempfile
+
     tmp = tempfile.gettempdir()
     if any(c in tmp for c in " \t\\") and os.access("/tmp", os.W_OK):
         return "/tmp"
     return tmp
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a fifo's private directory, quietly (shutil is imported only for fifos)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
