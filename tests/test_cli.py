@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -663,6 +664,27 @@ def test_run_command_stdin_is_dev_null_and_group_is_its_own() -> None:
     assert proc.returncode == 0, describe(proc)
     pid, pgid = proc.stdout.split()
     assert pid == pgid
+
+
+def test_run_reports_a_shell_that_cannot_start_and_keeps_every_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from makejobs.cli import run as run_module
+
+    commands = tmp_path / "c.txt"
+    commands.write_text("true\ntrue\n")
+    for name in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(run_module, "_SHELL", str(tmp_path / "no-such-shell"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a token missing at close would be a TokenCountWarning
+        status = cli.main(["run", "-j", "2", "--keep-going", "-f", str(commands)])
+    err = capfd.readouterr().err
+    assert status == 1, err
+    for number in (1, 2):
+        assert f"command {number} failed (cannot start {tmp_path}/no-such-shell:" in err, err
+    assert "No such file or directory)" in err, err
+    assert "2 of 2 command(s) failed" in err and "came back" not in err, err
 
 
 def test_run_keeps_each_commands_output_together() -> None:

@@ -279,19 +279,16 @@ class _Runner:
                 setsigdef=_DEFAULT_SIGNALS,
             )
         except OSError as e:
-            for fd in {out_r, out_w, err_r, err_w}:
+            for fd in {out_r, err_r}:  # the write ends are closed below
                 os.close(fd)
             self._give_back(job)
-            job.error = f"cannot start {_SHELL}: {e}"
+            job.error = f"cannot start {_SHELL}: {e.strerror or e}"
             self._finish(job)
             return
         finally:
             # Only the command may hold the write ends: their end-of-file is its exit.
             for fd in {out_w, err_w}:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass  # already closed on the failure path
+                os.close(fd)
         self.running.append(job)
         job.fds[out_r] = job.out
         if err_r != out_r:
