@@ -655,21 +655,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, "", *notes])
 
 
-def _environment() -> dict[str, Any]:
-    import platform
-
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
     import platform
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -693,20 +680,21 @@ def main(argv: list[str] | None = None) -> int:
         f" {platform.platform()})"
     )
     if args.json:
-        doc = {
-            "benchmark": "job_overhead",
-            "quick": args.quick,
-            "baseline": BASELINE,
-            "targets": {
+        from benchmarks._common import environment, write_json
+
+        write_json(
+            args.json,
+            "job_overhead",
+            quick=args.quick,
+            seconds=elapsed,
+            rows=rows,
+            environment=environment(),
+            baseline=BASELINE,
+            targets={
                 "ratio_raw_at_most": TARGET_RAW_RATIO,
                 "faster_than_jobserver_at_least": TARGET_FASTER_THAN_JOBSERVER,
             },
-            "seconds": elapsed,
-            "environment": _environment(),
-            "rows": rows,
-        }
-        with open(args.json, "w") as f:
-            f.write(json.dumps(doc, indent=2) + "\n")
+        )
     return 0
 
 

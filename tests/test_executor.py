@@ -1197,6 +1197,34 @@ def test_results_and_arguments_of_every_size_around_the_pipe_capacity() -> None:
             assert future.result(timeout=PATIENCE) == payloads[n], n
 
 
+def run_script(
+    argv: list[str], *, env: dict[str, str], timeout: float, hung: str
+) -> tuple[subprocess.Popen[str], str, str]:
+    """Run a test script in a session of its own: (process, stdout, stderr).
+
+    The script's whole process group (its workers too) is killed when it is
+    done; if it does not exit within *timeout* the test fails with *hung*.
+    """
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and its stuck workers
+        _, err = proc.communicate()
+        pytest.fail(f"{hung}\n{err}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by the script
+    return proc, out, err
+
+
 MID_FRAME_SCRIPT = textwrap.dedent(
     """
     import faulthandler, os, sys, time
@@ -1259,23 +1287,12 @@ def test_a_worker_that_dies_mid_frame_fails_only_its_own_task(tmp_path: Path) ->
     script.write_text(MID_FRAME_SCRIPT)
     env = clean_environ()
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
+    proc, out, err = run_script(
         [sys.executable, str(script), str(tmp_path / "gate")],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        timeout=40,
+        hung="the executor hung on a frame cut short",
     )
-    try:
-        out, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the executor hung on a frame cut short\n{err}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err
     assert out.split() == [
         "SubmissionDied:7",
@@ -1403,20 +1420,12 @@ def test_interpreter_exit_with_pending_work(tmp_path: Path, mode: str, where: st
     (tmp_path / "exit_tasks.py").write_text(EXIT_TASKS)
     env = clean_environ()
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
+    proc, _, err = run_script(
         [sys.executable, str(script), str(tmp_path), mode, where],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        timeout=15,
+        hung="the interpreter did not exit with pending work (hung)",
     )
-    try:
-        _, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the script and its workers
-        proc.communicate()
-        pytest.fail("the interpreter did not exit with pending work (hung)")
     done = sorted(tmp_path.glob("done.*"))
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
@@ -1454,23 +1463,12 @@ def test_fork_context_shuts_down(tmp_path: Path) -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("MAKEFLAGS", None)
-    proc = subprocess.Popen(
+    proc, out, err = run_script(
         [sys.executable, str(script)],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        timeout=15,
+        hung="shutdown() hung with mp_context=fork",
     )
-    try:
-        out, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the script and its stuck workers
-        proc.communicate()
-        pytest.fail("shutdown() hung with mp_context=fork")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # workers left by a script that gave up
     assert proc.returncode == 0 and out.strip() == "ok", err
 
 
@@ -1518,23 +1516,12 @@ def test_forked_workers_do_not_run_the_parents_exit_hook(tmp_path: Path) -> None
     script.write_text(FORK_LOCK_SCRIPT)
     env = clean_environ()
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
+    proc, out, err = run_script(
         [sys.executable, str(script)],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        timeout=15,
+        hung="shutdown() hung: a forked worker never exited",
     )
-    try:
-        out, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the script's workers, stuck at their exit
-        out, err = proc.communicate()
-        pytest.fail(f"shutdown() hung: a forked worker never exited\n{err}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0 and out.strip() == "ok", err
 
 

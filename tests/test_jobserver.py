@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 import makejobs.jobserver as jobserver_module
+from forking import run_in_child
 from makejobs import (
     Blocked,
     CallbackRaised,
@@ -756,23 +757,6 @@ def wait_for_byte(fd: int) -> str:
     return "released"
 
 
-def _run_in_child(body: Callable[[], bool]) -> int:
-    """Fork; the child runs *body* under a watchdog and exits 0 if it returned True."""
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a process that has threads: on purpose here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            signal.alarm(60)  # a deadlock fails the test instead of hanging it
-            code = 0 if body() else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def test_a_forked_child_uses_inherited_and_new_jobservers(channel: str) -> None:
     """A child of a process with a live Jobserver (and a job running) starts clean."""
     from makejobs._engine import live_engines
@@ -794,7 +778,7 @@ def test_a_forked_child_uses_inherited_and_new_jobservers(channel: str) -> None:
                     return False
                 return js.pool.implicit_free and js.pool.held == 0
 
-            assert _run_in_child(child) == 0
+            assert run_in_child(child) == 0
             os.write(release_w, b"x")
             assert running.result(timeout=60) == "released"
             assert js.pool.implicit_free and js.pool.held == 0
@@ -821,7 +805,7 @@ def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
         holder.start()
         try:
             assert holding.wait(60)
-            assert _run_in_child(lambda: js.submit(identity, (7,)).result(60) == 7) == 0
+            assert run_in_child(lambda: js.submit(identity, (7,)).result(60) == 7) == 0
         finally:
             release.set()
             holder.join(60)

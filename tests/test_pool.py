@@ -15,11 +15,12 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from forking import run_in_child
 from makejobs import _posix
 from makejobs.errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
 from makejobs.pool import Token, TokenPool
@@ -654,27 +655,6 @@ def test_fileno_first_asked_for_while_the_implicit_slot_is_free_is_readable() ->
         assert select.select([pool.fileno()], [], [], 0)[0] == [pool.fileno()]
 
 
-def _run_in_child(body: Callable[[], bool]) -> int:
-    """Fork; the child runs *body* under a watchdog and exits 0 if it returned True.
-
-    Returns the child's exit code (negative: killed by that signal, e.g. the
-    watchdog's SIGALRM when it deadlocked).
-    """
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a process that has threads: on purpose here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            signal.alarm(60)  # a deadlock fails the test instead of hanging it
-            code = 0 if body() else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def _fd_identities() -> dict[int, tuple[int, int]]:
     """(device, inode) of every fd of this process, to tell whether any were made anew."""
     out = {}
@@ -702,7 +682,7 @@ def test_a_fork_makes_no_descriptors_for_the_pools_it_inherits() -> None:
             # parent's, the same files (an eager reset would have replaced them).
             return _fd_identities() == before
 
-        assert _run_in_child(child) == 0
+        assert run_in_child(child) == 0
     finally:
         for pool in pools:
             pool.close()
@@ -733,7 +713,7 @@ def test_a_pool_first_used_in_a_forked_child() -> None:
             pool.release(other)
             return pool.close() is None  # not the owner: no draining, no count
 
-        assert _run_in_child(child) == 0
+        assert run_in_child(child) == 0
         # The parent's state is as it was.
         assert pool.owner and pool.held == 1 and not pool.implicit_free
         assert pool.fileno() == parent_fileno
@@ -767,7 +747,7 @@ def test_threads_of_a_forked_child_racing_to_first_use_share_one_implicit_slot()
                 pool.release(token)
             return ok
 
-        assert _run_in_child(child) == 0
+        assert run_in_child(child) == 0
         pool.release(held)
         assert pool.available() == 7
 
@@ -795,7 +775,7 @@ def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
                 pool.release(token)
                 return pool.close() is None
 
-            assert _run_in_child(child) == 0
+            assert run_in_child(child) == 0
         finally:
             release.set()
             holder.join(60)
