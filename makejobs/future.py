@@ -42,6 +42,8 @@ T = TypeVar("T")
 RUNNING = "running"
 EXITING = "exiting"  # result pipe closed, process not yet reaped
 DONE = "done"
+# In a forked child: the job is the parent's, this process can never learn its outcome.
+ABANDONED = "abandoned"
 
 
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
@@ -239,6 +241,8 @@ class Future(Generic[T]):
             CallbackRaised: a ``when_done`` callback (of any future) raised.
         """
         engine = self._engine
+        engine.own()  # in a forked child, the parent's running jobs are abandoned first
+        self._check_owned()
         if timeout is None:
             while self._state is not DONE:
                 engine.progress(None)
@@ -266,6 +270,8 @@ class Future(Generic[T]):
         """
         if timeout is None:
             engine = self._engine
+            engine.own()  # in a forked child, the parent's running jobs are abandoned first
+            self._check_owned()
             while self._state is not DONE:
                 engine.progress(None)
             engine.run_callbacks()
@@ -306,6 +312,8 @@ class Future(Generic[T]):
         """
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
+        self._engine.own()
+        self._check_owned()
         with self._lock:
             self._callbacks.append((fn, args, kwargs))
             done = self._state is DONE
@@ -320,6 +328,7 @@ class Future(Generic[T]):
         delivered one, else :class:`~makejobs.errors.SubmissionDied`.
         """
         self._engine.own()  # in a forked child: the parent's job is abandoned first
+        self._check_owned()
         with self._lock:
             self._process.kill(signum)
 
@@ -333,6 +342,13 @@ class Future(Generic[T]):
         raise TypeError(
             "a Future belongs to the process that submitted its job; it cannot be pickled"
         )
+
+    def _check_owned(self) -> None:
+        if self._state is ABANDONED:
+            raise RuntimeError(
+                f"job process {self.pid} was submitted by this process's parent before it"
+                " forked; only the parent can wait for it, kill it or add callbacks to it"
+            )
 
     # -- completion (called by the engine) ------------------------------------------------
 
@@ -469,6 +485,7 @@ class Future(Generic[T]):
                     pass
         self._tokens = []
         self._lock = _RLock()
+        self._state = ABANDONED
 
 
 def _read_memfd(fd: int) -> bytes:

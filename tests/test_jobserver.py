@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -779,6 +779,43 @@ def test_a_forked_child_uses_inherited_and_new_jobservers(channel: str) -> None:
                 return js.pool.implicit_free and js.pool.held == 0
 
             assert run_in_child(child) == 0
+            os.write(release_w, b"x")
+            assert running.result(timeout=60) == "released"
+            assert js.pool.implicit_free and js.pool.held == 0
+    finally:
+        os.close(release_r)
+        os.close(release_w)
+
+
+def test_a_forked_child_cannot_wait_for_its_parents_job(channel: str) -> None:
+    """The parent's running job is not the child's: waiting on it raises, never hangs."""
+    release_r, release_w = os.pipe()
+    try:
+        with Jobserver(FAST, slots=2) as js:
+            running = js.submit(wait_for_byte, (release_r,))
+
+            def child() -> bool:
+                calls: list[Callable[[], object]] = [
+                    lambda: running.result(),
+                    lambda: running.result(timeout=5),
+                    lambda: running.wait(),
+                    lambda: running.done(),
+                    lambda: running.exception(),
+                    lambda: running.when_done(print),
+                    lambda: running.kill(),
+                ]
+                for call in calls:
+                    try:
+                        call()
+                    except RuntimeError as e:
+                        if "submitted by this process's parent" not in str(e):
+                            return False
+                    else:
+                        return False
+                return True
+
+            assert run_in_child(child) == 0
+            assert not running.done()  # the child's attempts did not touch the parent's job
             os.write(release_w, b"x")
             assert running.result(timeout=60) == "released"
             assert js.pool.implicit_free and js.pool.held == 0
