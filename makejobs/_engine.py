@@ -166,9 +166,6 @@ class Engine:
             if not finished:
                 return
             tokens, future._tokens = future._tokens, []
-            # Registered under future._lock: a when_done() racing with us either
-            # lands before this test or sees the future done and schedules itself.
-            has_callbacks = bool(future._callbacks)
         finally:
             lock.release()
         pool = self.pool
@@ -177,6 +174,12 @@ class Engine:
                 pool.release(token)
             except PoolBroken as e:
                 warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
+        with lock:
+            # Callbacks run only once the tokens are back. A when_done() racing
+            # with us either lands before this test (and we schedule it) or
+            # sees the future settled (and schedules itself).
+            future._settled = True
+            has_callbacks = bool(future._callbacks)
         if has_callbacks:
             with self.lock:
                 self.due.append(future)

@@ -177,6 +177,7 @@ class Future(Generic[T]):
         "_next_callback",
         "_outcome",
         "_process",
+        "_settled",
         "_state",
         "_tokens",
         "_watch",
@@ -205,6 +206,9 @@ class Future(Generic[T]):
         self._data: bytes | bytearray = b""
         self._tokens = tokens
         self._state = RUNNING
+        # Done *and* its tokens are back: what when_done() waits for. Set by the
+        # engine under _lock once it has released them.
+        self._settled = False
         self._outcome: tuple[str, Any] | None = None
         self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._next_callback = 0
@@ -316,7 +320,9 @@ class Future(Generic[T]):
         self._check_owned()
         with self._lock:
             self._callbacks.append((fn, args, kwargs))
-            done = self._state is DONE
+            # Not just DONE: the thread that completed the job may not have given
+            # its token back yet, and then it schedules this callback itself.
+            done = self._settled
         if done:
             self._engine.schedule_callbacks(self)
             self._engine.run_callbacks()

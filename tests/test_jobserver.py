@@ -30,6 +30,7 @@ from makejobs import (
     JobserverUnavailable,
     RemoteTraceback,
     SubmissionDied,
+    Token,
     TokenPool,
     parse_makeflags,
 )
@@ -342,6 +343,30 @@ def test_callbacks_run_once_in_order_after_the_token_is_back() -> None:
         assert calls == [0, 1, 2, 3, 4, True, "nested"]
         future.when_done(calls.append, "late")  # runs at once on a finished future
         assert calls[-1] == "late"
+
+
+def test_a_callback_added_while_the_job_completes_runs_after_its_token_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with Jobserver(FAST, slots=1) as js:
+        future = js.submit(identity, (1,))
+        seen: list[bool] = []
+        give_back = js.pool.release
+
+        def release(token: Token) -> None:
+            # The thread completing the job is about to give its slot back: another
+            # thread adds a callback right now, and has returned before the slot is back.
+            adder = threading.Thread(
+                target=future.when_done, args=(lambda: seen.append(js.pool.implicit_free),)
+            )
+            adder.start()
+            adder.join(60)
+            give_back(token)
+
+        monkeypatch.setattr(js.pool, "release", release)
+        assert future.result(timeout=60) == 1
+        monkeypatch.undo()
+        assert seen == [True]
 
 
 def test_callback_raised_surfaces_one_per_call_with_cause() -> None:
