@@ -777,6 +777,22 @@ def test_forked_jobs_export_the_pool_to_programs_they_exec(channel: str) -> None
     assert "MAKEJOBS_TEST_VAR" not in os.environ
 
 
+def makeflags_in_python() -> str | None:
+    return os.environ.get("MAKEFLAGS")
+
+
+def test_forked_jobs_export_the_pool_without_cpythons_environ_internals(
+    channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class PortableEnviron(dict):  # type: ignore[type-arg]
+        """An os.environ without CPython's private ``_data`` (the portable path)."""
+
+    monkeypatch.setattr(os, "environ", PortableEnviron(os.environ))
+    with Jobserver(FAST, slots=2) as js:
+        flags = js.submit(makeflags_in_python).result(timeout=60)
+        assert flags is not None and parse_makeflags(flags).auth == js.pool.auth
+
+
 def wait_for_byte(fd: int) -> str:
     os.read(fd, 1)
     return "released"
