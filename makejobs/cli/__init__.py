@@ -102,12 +102,11 @@ def _build_parser(prog: str | None, argv: Sequence[str]) -> argparse.ArgumentPar
     subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     chosen = _chosen_command(argv)
     for name, (module_name, summary) in _COMMANDS.items():
+        command = subparsers.add_parser(name, help=summary, formatter_class=Formatter)
         if name == chosen:
-            module = importlib.import_module(f"{__name__}.{module_name}")
-            module.add_parser(subparsers, name, summary)
-        else:
-            # Enough for the command list of --help and for argparse's choices.
-            subparsers.add_parser(name, help=summary, formatter_class=Formatter)
+            # The others need no more than their line in --help and a place in
+            # argparse's choices.
+            importlib.import_module(f"{__name__}.{module_name}").configure(command)
     return parser
 
 

@@ -45,7 +45,7 @@ from .._posix import usable_cpus
 from ..errors import Blocked, JobserverUnavailable, PoolBroken
 from ..pool import ENVIRON_VARIABLES, Token, TokenPool
 from ..protocol import parse_makeflags, replace_auth
-from ._args import Formatter, UsageError, check_slots, fill, split_command
+from ._args import UsageError, check_slots, fill, split_command
 from ._console import EXIT_FAILED, EXIT_TIMEOUT, SLOTS_VARIABLE, say
 from ._supervise import (
     REKILL,
@@ -57,7 +57,7 @@ from ._supervise import (
     wait_child,
 )
 
-__all__ = ["SLOTS_VARIABLE", "add_parser", "command"]
+__all__ = ["SLOTS_VARIABLE", "command", "configure"]
 
 
 def _check_seconds(value: str) -> float:
@@ -218,23 +218,17 @@ def command(args: argparse.Namespace) -> int:
     return status
 
 
-def add_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
-) -> None:
-    """Add ``exec`` (as *name*, listed with *summary*) and its options to the parser."""
-    parser = subparsers.add_parser(
-        name,
-        formatter_class=Formatter,
-        help=summary,
-        description=fill(
-            "Take between --min and --max slots of the inherited pool (this"
-            " process's implicit slot counts as one), put their number in the environment, run"
-            " CMD, and give every slot back when it exits. For tools that do not speak the"
-            " jobserver but take a job count. A literal $NAME or ${NAME} in CMD's arguments"
-            " (single-quoted, so the shell left it alone) becomes the number too, e.g.\n\n"
-            "  makejobs exec --max 8 -- sphinx-build -j '$MAKEJOBS_SLOTS' . _build"
-        ),
-        epilog=f"""\
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Give the ``exec`` parser its description, options and command."""
+    parser.description = fill(
+        "Take between --min and --max slots of the inherited pool (this"
+        " process's implicit slot counts as one), put their number in the environment, run"
+        " CMD, and give every slot back when it exits. For tools that do not speak the"
+        " jobserver but take a job count. A literal $NAME or ${NAME} in CMD's arguments"
+        " (single-quoted, so the shell left it alone) becomes the number too, e.g.\n\n"
+        "  makejobs exec --max 8 -- sphinx-build -j '$MAKEJOBS_SLOTS' . _build"
+    )
+    parser.epilog = f"""\
 without a pool: the number is --max if given, else the usable CPUs (never below --min).
 with a pool that is advertised but unusable: a warning, and the number is --min (as make
 falls back to -j1).
@@ -248,8 +242,7 @@ needs; give them --wait.
 
 exit status: CMD's (128+N if signal N killed it); 124 --wait passed before --min slots
 were held; 126 CMD cannot be executed; 127 CMD not found. Default variable:
-{SLOTS_VARIABLE}.""",
-    )
+{SLOTS_VARIABLE}."""
     parser.add_argument(
         "--min",
         type=check_slots,

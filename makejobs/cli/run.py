@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from .._posix import usable_cpus
 from ..errors import JobserverUnavailable, PoolBroken
 from ..pool import Token, TokenPool
-from ._args import Formatter, UsageError, check_slots, fill
+from ._args import UsageError, check_slots, fill
 from ._console import EXIT_FAILED, say
 from ._supervise import CAUGHT, REKILL, die_of, in_main_thread, signal_name
 from ._token_count import close_counting
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any, TextIO
 
-__all__ = ["add_parser", "command"]
+__all__ = ["command", "configure"]
 
 _CLEAR_LINE = "\r\x1b[K"
 _SHELL = "/bin/sh"
@@ -547,21 +547,15 @@ def command(args: argparse.Namespace) -> int:
     return status
 
 
-def add_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
-) -> None:
-    """Add ``run`` (as *name*, listed with *summary*) and its options to the parser."""
-    parser = subparsers.add_parser(
-        name,
-        formatter_class=Formatter,
-        help=summary,
-        description=fill(
-            "Run shell command lines (one per line, via /bin/sh -c) in parallel, each"
-            " on one slot of the inherited pool, or of a new pool of N when there is none. Each"
-            " command gets the pool exported, stdin from /dev/null and its own process group;"
-            " its output is printed in one piece when it ends (like make -O)."
-        ),
-        epilog="""\
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Give the ``run`` parser its description, options and command."""
+    parser.description = fill(
+        "Run shell command lines (one per line, via /bin/sh -c) in parallel, each"
+        " on one slot of the inherited pool, or of a new pool of N when there is none. Each"
+        " command gets the pool exported, stdin from /dev/null and its own process group;"
+        " its output is printed in one piece when it ends (like make -O)."
+    )
+    parser.epilog = """\
 Blank lines and lines starting with '#' are skipped; all lines are read before the
 first command starts. Under an inherited pool, -j N only caps how many commands run at
 once. An advertised but unusable pool runs one command at a time (with a warning)
@@ -572,8 +566,7 @@ exit status: 0 all commands succeeded; 1 some failed or were not started; 125 th
 broke. SIGINT/SIGTERM/SIGHUP are passed on to every running command's process group;
 makejobs waits for them and then dies of the same signal.
 
-example: printf '%s\\n' 'gzip -k a.log' 'gzip -k b.log' | makejobs run -j 4""",
-    )
+example: printf '%s\\n' 'gzip -k a.log' 'gzip -k b.log' | makejobs run -j 4"""
     parser.add_argument(
         "-j",
         "--jobs",

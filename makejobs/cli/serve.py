@@ -41,7 +41,7 @@ import subprocess
 
 from .._posix import usable_cpus
 from ..pool import TokenPool
-from ._args import Formatter, check_slots, fill, split_command
+from ._args import check_slots, fill, split_command
 from ._console import EXIT_FAILED, say
 from ._supervise import (
     REKILL,
@@ -57,7 +57,7 @@ from ._supervise import (
 )
 from ._token_count import close_counting
 
-__all__ = ["add_parser", "command"]
+__all__ = ["command", "configure"]
 
 
 def _report_tokens(found: int | None, expected: int) -> bool:
@@ -160,21 +160,15 @@ def command(args: argparse.Namespace) -> int:
     return status
 
 
-def add_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
-) -> None:
-    """Add ``serve`` (as *name*, listed with *summary*) and its options to the parser."""
-    parser = subparsers.add_parser(
-        name,
-        formatter_class=Formatter,
-        help=summary,
-        description=fill(
-            "Create a jobserver pool of N slots, export it to CMD (MAKEFLAGS,"
-            " CARGO_MAKEFLAGS and, for a pipe, its fds), run CMD on the pool's implicit slot and"
-            " exit with CMD's status (128+N if a signal killed it). At the end every token must"
-            " be back; missing or extra tokens are reported on stderr."
-        ),
-        epilog="""\
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Give the ``serve`` parser its description, options and command."""
+    parser.description = fill(
+        "Create a jobserver pool of N slots, export it to CMD (MAKEFLAGS,"
+        " CARGO_MAKEFLAGS and, for a pipe, its fds), run CMD on the pool's implicit slot and"
+        " exit with CMD's status (128+N if a signal killed it). At the end every token must"
+        " be back; missing or extra tokens are reported on stderr."
+    )
+    parser.epilog = """\
 styles:
   pipe (default)  works with every GNU make (4.3 dies on fifo pools), cargo, and ninja
                   builds that accept pipes (the PyPI ninja wheel)
@@ -192,8 +186,7 @@ makejobs then waits for CMD, cleans up, and dies of the same signal if CMD did.
 exit status: CMD's; 125 no pool could be made (or --strict found a token mismatch after
 CMD succeeded); 126 CMD cannot be executed; 127 CMD not found.
 
-example: makejobs serve -j 8 -- make""",
-    )
+example: makejobs serve -j 8 -- make"""
     parser.add_argument(
         "-j",
         "--jobs",

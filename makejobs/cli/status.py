@@ -19,9 +19,9 @@ from typing import Any
 from ..errors import JobserverUnavailable
 from ..pool import ENVIRON_VARIABLES, TokenPool
 from ..protocol import FifoAuth, MakeFlags, PipeAuth, parse_makeflags
-from ._args import Formatter, fill
+from ._args import fill
 
-__all__ = ["add_parser", "command"]
+__all__ = ["command", "configure"]
 
 
 def _style_of(flags: MakeFlags) -> str:
@@ -184,21 +184,16 @@ def command(args: argparse.Namespace) -> int:
     return 2 if report["advertised"] else 1
 
 
-def add_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
-) -> None:
-    """Add ``status`` (as *name*, listed with *summary*) and its options to the parser."""
-    parser = subparsers.add_parser(
-        name,
-        formatter_class=Formatter,
-        help=summary,
-        description=fill(
-            "Describe the jobserver pool this environment advertises (CARGO_MAKEFLAGS,"
-            " MAKEFLAGS, MFLAGS): the variable, style, fds or fifo path, -j, whether it can be"
-            " used from here and, if not, why and what to do."
-        ),
-        epilog="exit status: 0 a usable pool is advertised; 1 none is; 2 one is advertised"
-        " but cannot be used (or a usage error).",
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Give the ``status`` parser its description, options and command."""
+    parser.description = fill(
+        "Describe the jobserver pool this environment advertises (CARGO_MAKEFLAGS,"
+        " MAKEFLAGS, MFLAGS): the variable, style, fds or fifo path, -j, whether it can be"
+        " used from here and, if not, why and what to do."
+    )
+    parser.epilog = (
+        "exit status: 0 a usable pool is advertised; 1 none is; 2 one is advertised"
+        " but cannot be used (or a usage error)."
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.set_defaults(func=command)
