@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from peers import Peer, clean_environ, describe
+from peers import Peer, clean_environ, describe, run_captured
 from spans import LogError, Span, peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent
@@ -133,15 +133,11 @@ def run_make(
         "py1 py2:\n" + executor_line + "sh:\n" + shell_line
     )
     env = clean_environ(PYTHONPATH=str(REPO))
-    proc = subprocess.run(
+    proc = run_captured(
         make.argv("-s", f"-j{SLOTS}", *make_args, "-f", str(workdir / "Makefile")),
-        cwd=workdir,
+        workdir,
+        RUN_TIMEOUT,
         env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
     )
     try:
         spans = read_spans(log)

@@ -73,7 +73,7 @@ from makejobs import Jobserver
 from makejobs.errors import TokenCountWarning
 from makejobs.pool import Style, TokenPool
 from makejobs.protocol import FifoAuth, MakeFlags, PipeAuth, parse_makeflags
-from peers import Peer, clean_environ
+from peers import Peer, clean_environ, run_captured
 from spans import LogError, Span, peak_overlap, read_spans, run_job
 
 HERE = Path(__file__).resolve().parent
@@ -367,17 +367,7 @@ def wrapper(argv: Sequence[str], flags: Path) -> list[str]:
 def run_process(
     argv: Sequence[str], cwd: Path, env: dict[str, str], **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv),
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-        **kwargs,
-    )
+    return run_captured(argv, cwd, RUN_TIMEOUT, env=env, **kwargs)
 
 
 def close_checked(pool: TokenPool) -> int | None:

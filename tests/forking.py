@@ -1,11 +1,14 @@
-"""Running a check in a forked child of the test process (shared by the unit tests)."""
+"""Running a check in a forked child of the test process, with locks held or not (shared
+by the unit tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def run_in_child(body: Callable[[], bool]) -> int:
@@ -27,3 +30,29 @@ def run_in_child(body: Callable[[], bool]) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+@contextlib.contextmanager
+def held_by_another_thread(*locks: contextlib.AbstractContextManager[object]) -> Iterator[None]:
+    """Hold *locks* in another thread for the duration of the block.
+
+    A fork in the block copies them locked, as a fork does when some other
+    thread of the process is inside a critical section at that moment.
+    """
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with contextlib.ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60)
+        yield
+    finally:
+        release.set()
+        holder.join(60)

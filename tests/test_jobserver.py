@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import makejobs.jobserver as jobserver_module
-from forking import run_in_child
+from forking import held_by_another_thread, run_in_child
 from makejobs import (
     Blocked,
     CallbackRaised,
@@ -740,24 +740,31 @@ def job_leaves_a_grandchild(release_fd: int) -> int:
     return 42
 
 
-def test_a_grandchild_holding_the_pipe_keeps_the_future_running(channel: str) -> None:
-    """What a job forked runs on the job's slot: the slot comes back when the last is gone."""
+@pytest.fixture
+def release_pipe() -> Iterator[tuple[int, int]]:
+    """A pipe a job blocks on (``wait_for_byte``) until the test writes a byte to it."""
     release_r, release_w = os.pipe()
-    try:
-        with Jobserver(FAST, slots=1) as js:
-            future = js.submit(job_leaves_a_grandchild, (release_r,))
-            # Until the job process has exited (it stays unreaped for the future).
-            os.waitid(os.P_PID, future.pid, os.WEXITED | os.WNOWAIT)
-            assert not future.done()
-            # Reaped all the same: no zombie waits for the grandchild.
-            assert future.exitcode == 0
-            assert not js.pool.implicit_free  # the grandchild still runs on the slot
-            os.write(release_w, b"x")
-            assert future.result(timeout=60) == 42
-            assert js.pool.implicit_free
-    finally:
-        os.close(release_r)
-        os.close(release_w)
+    yield release_r, release_w
+    os.close(release_r)
+    os.close(release_w)
+
+
+def test_a_grandchild_holding_the_pipe_keeps_the_future_running(
+    channel: str, release_pipe: tuple[int, int]
+) -> None:
+    """What a job forked runs on the job's slot: the slot comes back when the last is gone."""
+    release_r, release_w = release_pipe
+    with Jobserver(FAST, slots=1) as js:
+        future = js.submit(job_leaves_a_grandchild, (release_r,))
+        # Until the job process has exited (it stays unreaped for the future).
+        os.waitid(os.P_PID, future.pid, os.WEXITED | os.WNOWAIT)
+        assert not future.done()
+        # Reaped all the same: no zombie waits for the grandchild.
+        assert future.exitcode == 0
+        assert not js.pool.implicit_free  # the grandchild still runs on the slot
+        os.write(release_w, b"x")
+        assert future.result(timeout=60) == 42
+        assert js.pool.implicit_free
 
 
 def shell_sees(name: str) -> tuple[str | None, str]:
@@ -798,71 +805,67 @@ def wait_for_byte(fd: int) -> str:
     return "released"
 
 
-def test_a_forked_child_uses_inherited_and_new_jobservers(channel: str) -> None:
+def test_a_forked_child_uses_inherited_and_new_jobservers(
+    channel: str, release_pipe: tuple[int, int]
+) -> None:
     """A child of a process with a live Jobserver (and a job running) starts clean."""
     from makejobs._engine import live_engines
 
-    release_r, release_w = os.pipe()
-    try:
-        with Jobserver(FAST, slots=3) as js:
-            running = js.submit(wait_for_byte, (release_r,))
-            assert live_engines() == [js._engine]
+    release_r, release_w = release_pipe
+    with Jobserver(FAST, slots=3) as js:
+        running = js.submit(wait_for_byte, (release_r,))
+        assert live_engines() == [js._engine]
 
-            def child() -> bool:
-                if live_engines() != []:  # the parent's job is not the child's to reap
+        def child() -> bool:
+            if live_engines() != []:  # the parent's job is not the child's to reap
+                return False
+            with Jobserver(FAST, slots=2) as mine:
+                if mine.submit(identity, (5,)).result(timeout=60) != 5:
                     return False
-                with Jobserver(FAST, slots=2) as mine:
-                    if mine.submit(identity, (5,)).result(timeout=60) != 5:
-                        return False
-                # The inherited one, first used here: its own engine and implicit slot.
-                if not js.pool.implicit_free or js.submit(identity, (6,)).result(60) != 6:
-                    return False
-                return js.pool.implicit_free and js.pool.held == 0
+            # The inherited one, first used here: its own engine and implicit slot.
+            if not js.pool.implicit_free or js.submit(identity, (6,)).result(60) != 6:
+                return False
+            return js.pool.implicit_free and js.pool.held == 0
 
-            assert run_in_child(child) == 0
-            os.write(release_w, b"x")
-            assert running.result(timeout=60) == "released"
-            assert js.pool.implicit_free and js.pool.held == 0
-    finally:
-        os.close(release_r)
-        os.close(release_w)
+        assert run_in_child(child) == 0
+        os.write(release_w, b"x")
+        assert running.result(timeout=60) == "released"
+        assert js.pool.implicit_free and js.pool.held == 0
 
 
-def test_a_forked_child_cannot_wait_for_its_parents_job(channel: str) -> None:
+def test_a_forked_child_cannot_wait_for_its_parents_job(
+    channel: str, release_pipe: tuple[int, int]
+) -> None:
     """The parent's running job is not the child's: waiting on it raises, never hangs."""
-    release_r, release_w = os.pipe()
-    try:
-        with Jobserver(FAST, slots=2) as js:
-            running = js.submit(wait_for_byte, (release_r,))
+    release_r, release_w = release_pipe
+    with Jobserver(FAST, slots=2) as js:
+        running = js.submit(wait_for_byte, (release_r,))
 
-            def child() -> bool:
-                calls: list[Callable[[], object]] = [
-                    lambda: running.result(),
-                    lambda: running.result(timeout=5),
-                    lambda: running.wait(),
-                    lambda: running.done(),
-                    lambda: running.exception(),
-                    lambda: running.when_done(print),
-                    lambda: running.kill(),
-                ]
-                for call in calls:
-                    try:
-                        call()
-                    except RuntimeError as e:
-                        if "submitted by this process's parent" not in str(e):
-                            return False
-                    else:
+        def child() -> bool:
+            calls: list[Callable[[], object]] = [
+                lambda: running.result(),
+                lambda: running.result(timeout=5),
+                lambda: running.wait(),
+                lambda: running.done(),
+                lambda: running.exception(),
+                lambda: running.when_done(print),
+                lambda: running.kill(),
+            ]
+            for call in calls:
+                try:
+                    call()
+                except RuntimeError as e:
+                    if "submitted by this process's parent" not in str(e):
                         return False
-                return True
+                else:
+                    return False
+            return True
 
-            assert run_in_child(child) == 0
-            assert not running.done()  # the child's attempts did not touch the parent's job
-            os.write(release_w, b"x")
-            assert running.result(timeout=60) == "released"
-            assert js.pool.implicit_free and js.pool.held == 0
-    finally:
-        os.close(release_r)
-        os.close(release_w)
+        assert run_in_child(child) == 0
+        assert not running.done()  # the child's attempts did not touch the parent's job
+        os.write(release_w, b"x")
+        assert running.result(timeout=60) == "released"
+        assert js.pool.implicit_free and js.pool.held == 0
 
 
 def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
@@ -871,22 +874,10 @@ def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
     with Jobserver(FAST, slots=2) as js:
         assert js.submit(identity, (1,)).result(timeout=60) == 1
         js.pool.fileno()
-        holding, release = threading.Event(), threading.Event()
         engine = js._engine
-
-        def hold() -> None:
-            with engine.lock, engine.spawn_lock, engine.callback_lock, js.pool._state_lock:
-                holding.set()
-                release.wait(60)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        try:
-            assert holding.wait(60)
+        locks = (engine.lock, engine.spawn_lock, engine.callback_lock, js.pool._state_lock)
+        with held_by_another_thread(*locks):
             assert run_in_child(lambda: js.submit(identity, (7,)).result(60) == 7) == 0
-        finally:
-            release.set()
-            holder.join(60)
         assert js.submit(identity, (8,)).result(timeout=60) == 8
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from forking import run_in_child
+from forking import held_by_another_thread, run_in_child
 from makejobs import _posix
 from makejobs.errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
 from makejobs.pool import Token, TokenPool
@@ -755,17 +755,9 @@ def test_threads_of_a_forked_child_racing_to_first_use_share_one_implicit_slot()
 def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork() -> None:
     with TokenPool.create(2) as pool:
         pool.fileno()
-        holding, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with pool._state_lock, pool._implicit.wake_lock, pool._implicit.lock:
-                holding.set()
-                release.wait(60)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        try:
-            assert holding.wait(60)
+        with held_by_another_thread(
+            pool._state_lock, pool._implicit.wake_lock, pool._implicit.lock
+        ):
 
             def child() -> bool:
                 token = pool.acquire(timeout=5)  # the implicit slot, though held above
@@ -776,9 +768,6 @@ def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
                 return pool.close() is None
 
             assert run_in_child(child) == 0
-        finally:
-            release.set()
-            holder.join(60)
         assert pool.implicit_free and pool.held == 0
 
 
