@@ -40,6 +40,7 @@ __all__ = [
     "dup_cloexec",
     "end_of_file",
     "fill",
+    "open_descriptors",
     "open_fifo_ends",
     "open_new_fifo_ends",
     "open_pipe_ends",
@@ -360,6 +361,21 @@ def close_quietly(*fds: int) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def open_descriptors() -> list[int]:
+    """The descriptors open in this process, in order (empty if it cannot be told).
+
+    Read from ``/proc/self/fd`` (Linux) or ``/dev/fd`` (BSD, macOS). The
+    descriptor that listed the directory is in the list, closed by now.
+    """
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        return sorted(int(name) for name in names if name.isdigit())
+    return []
 
 
 def usable_cpus() -> int:

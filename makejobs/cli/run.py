@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .._posix import usable_cpus
+from .. import _posix
 from ..errors import JobserverUnavailable, PoolBroken
 from ..pool import Token, TokenPool
 from ._args import UsageError, check_slots, fill
@@ -97,18 +97,6 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _open_descriptors() -> list[int]:
-    """The descriptors open in this process (those above 2: the standard ones stay)."""
-    for directory in ("/proc/self/fd", "/dev/fd"):
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        # listdir's own descriptor is in the list, closed by now: harmless below.
-        return sorted(int(name) for name in names if name.isdigit() and int(name) > 2)
-    return []
-
-
 @contextmanager
 def _inheritance(keep: Sequence[int]) -> Iterator[None]:
     """Let commands inherit exactly stdin/stdout/stderr and *keep* while the block runs.
@@ -120,8 +108,8 @@ def _inheritance(keep: Sequence[int]) -> Iterator[None]:
     Flags belong to this process's descriptors, not to what they share with
     other processes, so nobody else sees the change.
     """
-    for fd in _open_descriptors():
-        if fd not in keep:
+    for fd in _posix.open_descriptors():
+        if fd > 2 and fd not in keep:  # stdin, stdout and stderr are the commands' too
             try:
                 os.set_inheritable(fd, False)
             except OSError:
@@ -505,7 +493,7 @@ def _pool_for_run(jobs: int | None) -> tuple[TokenPool, bool, int | None]:
         say("run", f"{e}; running one command at a time")
         return TokenPool.create(1), True, None
     if pool is None:
-        return TokenPool.create(jobs if jobs is not None else usable_cpus()), True, None
+        return TokenPool.create(jobs if jobs is not None else _posix.usable_cpus()), True, None
     return pool, False, jobs
 
 
