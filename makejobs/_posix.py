@@ -29,6 +29,10 @@ import termios
 
 from .errors import PoolBroken
 
+TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = [
     "PIPE_CAPACITY_MAX",
     "Unusable",
@@ -40,14 +44,16 @@ __all__ = [
     "dup_cloexec",
     "end_of_file",
     "fill",
+    "move",
     "open_descriptors",
     "open_fifo_ends",
     "open_new_fifo_ends",
     "open_pipe_ends",
-    "read_token",
+    "pool_full",
+    "pool_without_reader",
+    "private_pipe",
     "usable_cpus",
     "wait_readable",
-    "wake_pipe",
     "write_token",
 ]
 
@@ -216,12 +222,105 @@ def open_new_fifo_ends(path: str) -> tuple[int, int]:
     return reader, writer
 
 
-def wake_pipe() -> tuple[int, int]:
-    """A private non-blocking, close-on-exec pipe for waking waiters in this process."""
+def private_pipe() -> tuple[int, int]:
+    """A private non-blocking, close-on-exec pipe (an escrow, a wake-up pipe...)."""
     r, w = os.pipe()
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
+    try:
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+    except BaseException:
+        close_quietly(r, w)
+        raise
     return r, w
+
+
+# -- moving tokens between pipes -----------------------------------------------------
+#
+# A token that is read into Python is, until it is written somewhere, held only by a
+# local variable: an exception raised between the two calls (a KeyboardInterrupt
+# can arrive at any bytecode) would lose it. splice(2) moves bytes from one pipe to
+# another in a single system call, so a token is always in exactly one pipe: the
+# pool's, or one holder's escrow. Python 3.9 has no os.splice, so there it comes
+# from libc through ctypes; other systems fall back to read and write.
+
+_SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
+_splice: Any = getattr(os, "splice", None)
+
+
+def _libc_splice() -> Any:
+    """splice(2) through ctypes, for Linux on Python < 3.10; None if unavailable."""
+    try:
+        import ctypes
+    except ImportError:  # pragma: no cover
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    function = getattr(libc, "splice", None)
+    if function is None:  # pragma: no cover
+        return None
+    function.restype = ctypes.c_ssize_t
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+    ]
+
+    def splice(src: int, dst: int, count: int, flags: int = 0) -> int:
+        result: int = function(src, None, dst, None, count, flags)
+        if result < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))  # the matching subclass, as os.splice
+        return result
+
+    return splice
+
+
+if _splice is None and _LINUX:
+    _splice = _libc_splice()
+
+#: True when tokens move between pipes in one system call (see move()).
+ATOMIC_MOVES = _splice is not None
+
+
+def move(src: int, dst: int, limit: int = 1 << 16) -> int:
+    """Move up to *limit* bytes from the non-blocking pipe *src* into the pipe *dst*.
+
+    Returns how many moved: 0 when *src* is empty or *dst* is full (look at
+    *src* with :func:`available_tokens` to tell which). With splice(2) the
+    bytes never pass through this process, so the move is all or nothing
+    whatever exception interrupts the caller.
+
+    Raises:
+        EOFError: *src* is at end-of-file (no writer is left and it is empty).
+        BrokenPipeError: *dst* has no reader left.
+    """
+    if _splice is not None:
+        try:
+            moved: int = _splice(src, dst, limit, flags=_SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            return 0
+        if moved == 0:
+            raise EOFError(f"fd {src} is at end-of-file")
+        return moved
+    try:
+        data = os.read(src, limit)
+    except BlockingIOError:
+        return 0
+    if not data:
+        raise EOFError(f"fd {src} is at end-of-file")
+    try:
+        return os.write(dst, data)
+    except BaseException as e:
+        # Put the bytes back where they came from rather than drop them.
+        try:
+            os.write(src, data)
+        except OSError:
+            pass
+        if isinstance(e, BlockingIOError):
+            return 0  # dst is full, as splice reports it
+        raise
 
 
 def combine(*fds: int) -> select.epoll | None:
@@ -258,19 +357,20 @@ def end_of_file(fd: int) -> PoolBroken:
     )
 
 
-def read_token(fd: int) -> bytes | None:
-    """Read one token byte, or None when another client got there first.
+def pool_full(fd: int) -> PoolBroken:
+    """The error for a pool that cannot take a token back (it holds more than it should)."""
+    return PoolBroken(
+        f"the jobserver (fd {fd}) is full: more tokens were written back than"
+        " it was created with, so one token is being dropped"
+    )
 
-    Raises:
-        PoolBroken: end-of-file, which is never a token.
-    """
-    try:
-        byte = os.read(fd, 1)
-    except BlockingIOError:
-        return None
-    if not byte:
-        raise end_of_file(fd)
-    return byte
+
+def pool_without_reader(fd: int) -> PoolBroken:
+    """The error for a pool nobody reads any more."""
+    return PoolBroken(
+        f"the jobserver (fd {fd}) has no reader left: the make that owned it"
+        " exited, so the token cannot be returned"
+    )
 
 
 def write_token(fd: int, byte: bytes) -> None:
@@ -283,15 +383,9 @@ def write_token(fd: int, byte: bytes) -> None:
     try:
         os.write(fd, byte)
     except BlockingIOError:
-        raise PoolBroken(
-            f"the jobserver (fd {fd}) is full: more tokens were written back than"
-            " it was created with, so one token is being dropped"
-        ) from None
+        raise pool_full(fd) from None
     except BrokenPipeError:
-        raise PoolBroken(
-            f"the jobserver (fd {fd}) has no reader left: the make that owned it"
-            " exited, so the token cannot be returned"
-        ) from None
+        raise pool_without_reader(fd) from None
 
 
 def fill(fd: int, count: int, byte: bytes) -> None:

@@ -18,10 +18,18 @@ Creating, and exporting to children::
     with TokenPool.create(4) as pool:        # 3 tokens + our implicit slot
         subprocess.run(["make"], env=pool.environ(), pass_fds=pool.pass_fds)
 
+Every slot this process holds is a byte in a private *escrow* pipe, moved
+there from the pool in one system call (see :mod:`makejobs.token`): whatever
+exception interrupts a caller, a token is in the pool or in exactly one
+escrow, never lost and never given back twice, and this process's guardian
+(see :mod:`makejobs.guardian`) gives back what is left in escrows if the
+process is killed.
+
 Thread safety: every method may be called from any thread. Fork safety: a
 forked child gets its own implicit slot (the token its parent ran it on), no
 held tokens and no ownership. Pickling (spawn/forkserver children, or queues)
-passes pipe fds along and reopens fifos by path.
+passes pipe fds along and reopens fifos by path; unpickling (or copying) in a
+process that holds the pool already gives another handle on it.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from .protocol import (
     parse_makeflags,
     replace_auth,
 )
-from .token import ImplicitSlot, Slot, Token
+from .token import Escrow, ImplicitSlot, Slot, Token
 
 # Not typing.TYPE_CHECKING, and no typing at run time (see makejobs/__init__.py):
 # every makejobs command and job imports this module.
@@ -93,14 +101,6 @@ _CLOSED_FDS_HINT = (
 )
 
 
-_live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
-
-
-def live_pools() -> list[TokenPool]:
-    """Every open pool handle of this process."""
-    return [pool for pool in list(_live_pools) if not pool._closed]
-
-
 # -- fork ------------------------------------------------------------------------------
 #
 # A forked child must not use its parent's per-process state: the implicit
@@ -144,10 +144,11 @@ def return_held_everywhere(why: str) -> None:
     """Write back every token this process holds in any pool (a safety net for exits)."""
     if _touched_generation != fork_generation:
         return  # no pool was used since the fork: nothing can be held
-    for pool in live_pools():
-        if pool._generation == fork_generation:
-            with contextlib.suppress(Exception):
-                pool.return_held(why)
+    for core in list(_live_cores):
+        if core.generation == fork_generation and not core.closed:
+            with contextlib.suppress(Exception), core.lock:
+                core.settle_orphans()
+                core.return_held(None, why, stacklevel=2)
 
 
 def _return_held_at_exit() -> None:
@@ -159,56 +160,48 @@ def _return_held_at_exit() -> None:
 atexit.register(_return_held_at_exit)
 
 
-class TokenPool:
-    """A handle on a GNU make compatible jobserver pool.
+class _Core:
+    """One pool as this process holds it, shared by every :class:`TokenPool` handle on it.
 
-    Build one with :meth:`from_environ` (join) or :meth:`create` (own); the
-    constructor is private.
-
-    Attributes:
-        style: ``"pipe"`` or ``"fifo"``.
-        auth: what children are told (:class:`~makejobs.protocol.PipeAuth` with
-            the fd numbers they inherit, or :class:`~makejobs.protocol.FifoAuth`).
-        slots: total parallelism N when known (always for created pools; from
-            ``-jN`` for joined ones, where it is informative only).
-        owner: True in the process that created the pool (never in a forked child).
-        flags: the parsed ``MAKEFLAGS`` a joined pool came from, else None.
-        variable: the environment variable a joined pool came from, else None.
+    The descriptors, the identity (device and inode of the pipe or fifo), the
+    ledger, and the per-process state: the implicit slot, the escrows
+    (see :mod:`makejobs.token`) in use and free for reuse, and who took each.
+    The per-process state belongs to the fork generation it was set up in
+    (see :data:`fork_generation`): call :meth:`own` before using it.
     """
 
+    # Set once, when the pool is joined or created.
     style: Style
     auth: PipeAuth | FifoAuth
+    source_auth: PipeAuth | FifoAuth
+    identity: tuple[int, int]
     slots: int | None
     flags: MakeFlags | None
     variable: str | None
-    _reader: int
-    _writer: int
-    _export_fds: tuple[int, ...]
-    _fifo_dir: str | None
-    _closed: bool
-    _close_result: int | None
-    _users: int
-    _source_auth: PipeAuth | FifoAuth
-    _ledger: Ledger | None
-    _ledger_path: str | None
-    _record: Record | None
-    _inherited_records: list[int]
-    # Per-process state, valid only in the fork generation it was set up in
-    # (see _after_fork_in_child): call _own() before using any of it.
-    _generation: int
-    _owner: bool
-    _implicit: ImplicitSlot
-    _held: set[Token]
-    _state_lock: threading.Lock
+    reader: int
+    writer: int
+    export_fds: tuple[int, ...]
+    fifo_dir: str | None
+    ledger: Ledger | None
+    ledger_path: str | None
+    record: Record | None
+    inherited_records: list[int]
+    # Lifetime (under lock).
+    closed: bool
+    close_result: int | None
+    handles: int
+    # Per-process state, valid only in the fork generation it was set up in.
+    generation: int
+    creator: bool
+    lock: threading.Lock
+    implicit: ImplicitSlot
+    free_tokens: list[Escrow]
+    free_implicit: list[Escrow]
+    holders: dict[Escrow, TokenPool]
+    orphans: list[Escrow]
 
-    def __init__(self) -> None:
-        raise TypeError("use TokenPool.from_environ() or TokenPool.create()")
-
-    # -- construction -------------------------------------------------------------
-
-    @classmethod
-    def _new(
-        cls,
+    def __init__(
+        self,
         *,
         style: Style,
         reader: int,
@@ -221,46 +214,373 @@ class TokenPool:
         variable: str | None = None,
         fifo_dir: str | None = None,
         source_auth: PipeAuth | FifoAuth | None = None,
-        ledger: Ledger | None = None,
         ledger_path: str | None = None,
         inherited_records: tuple[int, ...] = (),
-    ) -> TokenPool:
-        self = object.__new__(cls)
+    ) -> None:
         self.style = style
         self.auth = auth
+        self.source_auth = auth if source_auth is None else source_auth
         self.slots = slots
-        self._owner = owner
         self.flags = flags
         self.variable = variable
-        self._reader = reader
-        self._writer = writer
-        self._export_fds = export_fds
-        self._fifo_dir = fifo_dir
-        self._closed = False
-        self._close_result = None
-        self._users = 1
-        # What this handle was joined from, to find it again (see _shared_handle).
-        self._source_auth = auth if source_auth is None else source_auth
+        self.reader = reader
+        self.writer = writer
+        self.export_fds = export_fds
+        self.fifo_dir = fifo_dir
+        self.ledger = None
+        self.ledger_path = ledger_path
+        self.record = None
+        # Records of ancestors, kept open so their locks show we are alive.
+        self.inherited_records = list(inherited_records)
+        self.closed = False
+        self.close_result = None
+        self.handles = 0
         try:
-            self._implicit = ImplicitSlot(reader)
-            self._implicit.wake_fd()
+            st = os.fstat(reader)
+            self.identity = (st.st_dev, st.st_ino)
+            self._setup(owner)
         except BaseException:
-            self._closed = True
+            self.closed = True
             _posix.close_quietly(reader, writer, *export_fds, *inherited_records)
             raise
-        self._held = set()
-        self._state_lock = threading.Lock()
-        self._generation = fork_generation
+        _live_cores.add(self)
+
+    def _setup(self, creator: bool) -> None:
+        self.creator = creator
+        self.lock = threading.Lock()
+        self.implicit = ImplicitSlot(self.reader)
+        self.free_tokens = []
+        self.free_implicit = []
+        self.holders = {}
+        self.orphans = []
         _note_touched()
-        # Token ledger (see makejobs.ledger): the creator's directory, and this
-        # process's record in it, opened when it first holds a token.
-        self._ledger = ledger
-        self._ledger_path = ledger.path if ledger is not None else ledger_path
-        self._record = None
-        # Records of ancestors, kept open so their locks show we are alive.
-        self._inherited_records = list(inherited_records)
-        _live_pools.add(self)
+        self.generation = fork_generation  # last: other threads test it without a lock
+
+    def own(self) -> None:
+        """Make sure the per-process state is this process's (see _after_fork_in_child)."""
+        if self.generation != fork_generation:
+            self._reset_after_fork()
+
+    def _reset_after_fork(self) -> None:
+        """First use in a forked child (or grandchild...): drop the ancestor's state."""
+        with _fork_lock:
+            if self.generation == fork_generation:
+                return  # another thread of this process got here first
+            # The child runs on the token its parent acquired for it: that is
+            # its implicit slot. The parent's escrows and implicit pipe stay
+            # open here (the parent's running jobs may be ours too), untouched:
+            # draining one would give back a slot the parent holds.
+            if self.record is not None:
+                # Our parent's ledger record stays open here: its lock says that
+                # a process running on the parent's tokens is still alive.
+                self.inherited_records.append(self.record.fd)
+                self.record = None
+            self._setup(False)
+
+    @property
+    def owner(self) -> bool:
+        return self.creator and self.generation == fork_generation
+
+    # -- taking and giving back (callers hold self.lock) --------------------------------
+
+    def take(self, handle: TokenPool, implicit: bool) -> Token | None:
+        """Move one slot into a fresh escrow: the implicit one or a pool token."""
+        if implicit:
+            free, source, dest = self.free_implicit, self.implicit.r, self.implicit.w
+        else:
+            free, source, dest = self.free_tokens, self.reader, self.writer
+        escrow = free.pop() if free else self._new_escrow(dest, register=not implicit)
+        # The holder exists before the slot moves: whatever interrupts us after
+        # the move, the token is in its escrow and the escrow is in a Token.
+        token = Token(handle, escrow, implicit, self.generation)
+        self.holders[escrow] = handle
+        try:
+            moved = _posix.move(source, escrow.w, 1)
+        except EOFError:
+            moved = -1
+        if moved <= 0:
+            token._escrow = None  # never held anything: nothing for __del__ to do
+            del self.holders[escrow]
+            free.append(escrow)
+            if moved < 0:
+                raise _posix.end_of_file(self.reader)
+            return None
+        if implicit:
+            self.implicit.maybe_free = False
+        elif self.ledger_path is not None:
+            self._note_held(1)
+        return token
+
+    def give_back(self, token: Token) -> None:
+        escrow = token._escrow
+        if escrow is None:
+            raise ValueError(f"{token!r} was already released")
+        if token.implicit:
+            self.implicit.maybe_free = True  # before the byte: see ImplicitSlot
+        elif self.record is not None:
+            self.record.add(-escrow.held())  # before the write: a death in between loses
+        try:
+            escrow.give_back()
+        finally:
+            # Cleared after the move, so an interrupted release can be retried
+            # (an empty escrow gives back nothing). Not recycled if the pool
+            # refused the byte: it stays, with its escrow, out of use.
+            token._escrow = None
+            self.holders.pop(escrow, None)
+            if not escrow.held():
+                (self.free_implicit if token.implicit else self.free_tokens).append(escrow)
+
+    def _new_escrow(self, dest: int, register: bool) -> Escrow:
+        escrow = Escrow(dest)
+        if register:
+            from . import guardian
+
+            keeper = guardian.current()
+            if keeper is not None:
+                keeper.add_escrow(self, self.writer, escrow.r)
+                escrow.registered = True
+        return escrow
+
+    def collect(self, token: Token) -> None:
+        """A token was garbage collected without being released: give its slot back."""
+        if token._generation != fork_generation or self.generation != fork_generation:
+            return  # a token of our parent's, in a forked child: not ours to touch
+        escrow = token._escrow
+        if escrow is None:
+            return
+        # Garbage collection can run inside a locked section of this very
+        # thread: never wait for the lock here, leave the work to its holder.
+        if not self.lock.acquire(False):
+            token._escrow = None
+            self.orphans.append(escrow)
+            return
+        try:
+            if self.closed:
+                return
+            if escrow.held():
+                warnings.warn(
+                    f"{token!r} was garbage collected without being released; giving it back",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+            with contextlib.suppress(PoolBroken):
+                self.give_back(token)
+            self.settle_orphans()
+        finally:
+            self.lock.release()
+
+    def settle_orphans(self) -> None:
+        """Give back the escrows of tokens collected while the lock was held (lock held)."""
+        while self.orphans:
+            escrow = self.orphans.pop()
+            self.holders.pop(escrow, None)
+            with contextlib.suppress(PoolBroken):
+                escrow.give_back()
+            if not escrow.held():
+                free = self.free_implicit if escrow.dest == self.implicit.w else self.free_tokens
+                free.append(escrow)
+
+    def held_by(self, handle: TokenPool | None) -> list[Escrow]:
+        """The escrows holding pool tokens taken through *handle* (None: any handle)."""
+        return [
+            escrow
+            for escrow, holder in self.holders.items()
+            if escrow.dest == self.writer and (handle is None or holder is handle)
+        ]
+
+    def return_held(self, handle: TokenPool | None, why: str, stacklevel: int) -> int:
+        """Give back the pool tokens still held through *handle* (lock held)."""
+        escrows = [escrow for escrow in self.held_by(handle) if escrow.held()]
+        if not escrows:
+            return 0
+        count = sum(escrow.held() for escrow in escrows)
+        warnings.warn(
+            f"{why} while holding {count} token(s); returning them",
+            ResourceWarning,
+            stacklevel=stacklevel + 1,
+        )
+        for escrow in escrows:
+            # The Token keeps its (now empty) escrow: releasing it later moves
+            # nothing, and recycles it. While the pool closes it stays listed,
+            # so that it is closed with the rest.
+            if self.record is not None:
+                self.record.add(-escrow.held())
+            with contextlib.suppress(PoolBroken):
+                escrow.give_back()
+            if not self.closed:
+                self.holders.pop(escrow, None)
+        return count
+
+    def _note_held(self, delta: int) -> None:
+        """Count a token in this process's ledger record (opened on first use)."""
+        record = self.record
+        if record is None and self.ledger_path is not None:
+            record = self.record = Record.open(self.ledger_path, self.reader)
+            if record is None:
+                self.ledger_path = None  # not this pool's ledger: stop trying
+            else:
+                from . import guardian
+
+                keeper = guardian.current()
+                if keeper is not None:
+                    keeper.add_record(self, self.writer, record.fd)
+        if record is not None:
+            record.add(delta)
+
+    # -- closing ---------------------------------------------------------------------
+
+    def close(self, stacklevel: int) -> int | None:
+        """Close the pool for this process (the last handle was closed)."""
+        # Coroutines waiting in acquire_async() watch fileno() and would
+        # never learn: make them fail, and take nothing from the tokens
+        # written back next (none wait unless makejobs.aio was imported).
+        import sys
+
+        aio = sys.modules.get("makejobs.aio")
+        with self.lock:
+            if self.closed:
+                return self.close_result
+            # Closed before the held tokens go back, so no thread starting an
+            # acquire now can take one of them from a pool about to vanish.
+            self.closed = True
+        if aio is not None:
+            aio.pool_closing(self.handle_key)
+        with self.lock:
+            self.settle_orphans()
+            self.return_held(None, "closing a token pool", stacklevel + 1)
+            result = None
+            if self.owner and self.slots is not None:
+                result = _posix.drain(self.reader)
+                expected = self.slots - 1
+                if result != expected:
+                    what = "missing" if result < expected else "extra"
+                    warnings.warn(
+                        f"token pool closed with {result} token(s) available, expected"
+                        f" {expected}: {abs(expected - result)} {what}",
+                        TokenCountWarning,
+                        stacklevel=stacklevel + 1,
+                    )
+            self._release_fds()
+            self.close_result = result
+        from . import guardian
+
+        keeper = guardian.current(start=False)
+        if keeper is not None:
+            keeper.forget(self)
+        _live_cores.discard(self)
+        return result
+
+    def _release_fds(self) -> None:
+        escrows = [*self.free_tokens, *self.free_implicit, *self.holders, *self.orphans]
+        self.free_tokens, self.free_implicit, self.holders, self.orphans = [], [], {}, []
+        for escrow in escrows:
+            escrow.close()
+        _posix.close_quietly(self.reader, self.writer, *self.export_fds)
+        self.implicit.close()
+        if self.record is not None:
+            self.record.close()
+            self.record = None
+        _posix.close_quietly(*self.inherited_records)
+        self.inherited_records = []
+        if self.owner and self.ledger is not None:
+            self.ledger.close()
+        if self.owner and self.fifo_dir is not None:
+            _remove_tree(self.fifo_dir)
+
+    def __del__(self) -> None:
+        # Every handle is gone without close(): let go of the descriptors, but
+        # write nothing (at interpreter exit the atexit hook already did).
+        if not getattr(self, "closed", True) and self.generation == fork_generation:
+            self.closed = True
+            self._release_fds()
+
+    #: The key aio keys its waiters by: any one object per pool (see close()).
+    handle_key: TokenPool
+
+
+_live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
+
+
+class TokenPool:
+    """A handle on a GNU make compatible jobserver pool.
+
+    Build one with :meth:`from_environ` (join) or :meth:`create` (own); the
+    constructor is private. Every join returns a handle of its own, and a
+    handle's :meth:`close` closes only that handle: several parts of a
+    program may join the same pool and close it when they are done, and the
+    pool stays open for the others. Within a process all handles on one pool
+    share one implicit slot.
+
+    Attributes:
+        style: ``"pipe"`` or ``"fifo"``.
+        auth: what children are told (:class:`~makejobs.protocol.PipeAuth` with
+            the fd numbers they inherit, or :class:`~makejobs.protocol.FifoAuth`).
+        slots: total parallelism N when known (always for created pools; from
+            ``-jN`` for joined ones, where it is informative only).
+        owner: True in the process that created the pool (never in a forked child).
+        flags: the parsed ``MAKEFLAGS`` a joined pool came from, else None.
+        variable: the environment variable a joined pool came from, else None.
+    """
+
+    _core: _Core
+    _closed: bool
+    _close_result: int | None
+
+    def __init__(self) -> None:
+        raise TypeError("use TokenPool.from_environ() or TokenPool.create()")
+
+    @classmethod
+    def _attach(cls, core: _Core) -> TokenPool:
+        """A new handle on *core* (counted: each handle's close() undoes one)."""
+        self = object.__new__(cls)
+        self._core = core
+        self._closed = False
+        self._close_result = None
+        with core.lock:
+            if core.closed:
+                raise ValueError("the token pool is closed")
+            core.handles += 1
+        if core.handles == 1:
+            core.handle_key = self
         return self
+
+    @classmethod
+    def _new(cls, **fields: Any) -> TokenPool:
+        """A new pool in this process (see _Core), or a handle on the one it already holds."""
+        core = _Core(**fields)
+        existing = _core_with_identity(core.identity, core)
+        if existing is not None:
+            # The same pipe or fifo under other numbers (a pickled handle, say):
+            # one pool, one implicit slot per process.
+            core.closed = True
+            core._release_fds()
+            _live_cores.discard(core)
+            return cls._attach(existing)
+        return cls._attach(core)
+
+    # -- what the handle shows of its pool ---------------------------------------------
+
+    @property
+    def style(self) -> Style:
+        return self._core.style
+
+    @property
+    def auth(self) -> PipeAuth | FifoAuth:
+        return self._core.auth
+
+    @property
+    def slots(self) -> int | None:
+        return self._core.slots
+
+    @property
+    def flags(self) -> MakeFlags | None:
+        return self._core.flags
+
+    @property
+    def variable(self) -> str | None:
+        return self._core.variable
+
+    # -- construction -------------------------------------------------------------
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TokenPool | None:
@@ -272,9 +592,9 @@ class TokenPool:
         Returns:
             The joined pool, or None when no variable advertises one (this
             process was not started by a parallel make, ninja or cargo). If
-            this process already has the pool open, that same handle is
-            returned (each :meth:`close` then undoes one join), so the
-            process never gets two implicit slots.
+            this process already has the pool open, the new handle shares
+            it (and its implicit slot: a process never gets two), and closing
+            either handle leaves the other open.
 
         Raises:
             JobserverUnavailable: a pool is advertised but cannot be used: make
@@ -404,12 +724,13 @@ class TokenPool:
         else:
             raise ValueError(f"style must be 'pipe' or 'fifo', not {style!r}")
         if ledger:
+            core = pool._core
             try:
-                pool._ledger = Ledger.create(pool._reader, dir=pool._fifo_dir)
+                core.ledger = Ledger.create(core.reader, dir=core.fifo_dir)
             except BaseException:
                 pool.close()
                 raise
-            pool._ledger_path = pool._ledger.path
+            core.ledger_path = core.ledger.path
         return pool
 
     @classmethod
@@ -470,6 +791,15 @@ class TokenPool:
 
     # -- tokens -------------------------------------------------------------------
 
+    def _live_core(self) -> _Core:
+        """The core, this process's state set up; ValueError once the handle is closed."""
+        if self._closed:
+            raise ValueError("the token pool is closed")
+        core = self._core
+        if core.generation != fork_generation:
+            core._reset_after_fork()
+        return core
+
     def try_acquire(self) -> Token | None:
         """Take a slot without waiting: the implicit one if free, else a token.
 
@@ -480,26 +810,18 @@ class TokenPool:
             PoolBroken: the pool returned end-of-file.
             ValueError: the pool is closed.
         """
-        if self._closed:
-            raise ValueError("the token pool is closed")
-        if self._generation != fork_generation:
-            self._reset_after_fork()
-        implicit = self._implicit
-        # The implicit slot is usually out: test that inline, it is the hot path.
-        if not implicit.lock.locked() and implicit.take():
-            return Token(self, None)
-        # The hot path inlines _posix.read_token: this is the cost of every job.
-        try:
-            byte = os.read(self._reader, 1)
-        except BlockingIOError:
-            return None  # empty, or another client took it between poll and read
-        if not byte:
-            raise _posix.end_of_file(self._reader)
-        token = Token(self, byte)
-        self._held.add(token)
-        if self._ledger_path is not None:
-            self._note_held(1)
-        return token
+        core = self._live_core()
+        with core.lock:
+            if core.closed:
+                raise ValueError("the token pool is closed")
+            if core.orphans:
+                core.settle_orphans()
+            # The implicit slot is usually out: its hint saves a failing system call.
+            if core.implicit.maybe_free:
+                token = core.take(self, implicit=True)
+                if token is not None:
+                    return token
+            return core.take(self, implicit=False)
 
     def acquire(self, timeout: float | None = None) -> Token:
         """Take a slot, waiting up to *timeout* seconds (None: forever; 0: not at all).
@@ -512,15 +834,16 @@ class TokenPool:
         token = self.try_acquire()
         if token is not None:
             return token
+        _check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
+        core = self._core
         while True:
             remaining = None if deadline is None else deadline - monotonic()
             if remaining is not None and remaining <= 0:
                 raise Blocked(f"no jobserver token became free within {timeout} s")
-            _posix.wait_readable((self._reader, self._implicit.wake_fd()), remaining)
+            _posix.wait_readable((core.reader, core.implicit.r), remaining)
             # Readable may still mean nothing for us: another client can take
-            # the token between poll and read (EAGAIN), which try_acquire
-            # reports as None.
+            # the token between poll and read, which try_acquire reports as None.
             token = self.try_acquire()
             if token is not None:
                 return token
@@ -529,33 +852,30 @@ class TokenPool:
         """Give *token* back: the implicit slot becomes free, any other byte is written back.
 
         Raises:
-            ValueError: the token belongs to another pool or was already released.
+            ValueError: the token belongs to another pool or process, or was
+                already released, or the pool is closed (then close() has
+                already given it back).
             PoolBroken: the pool is full or has no reader left (the token is then dropped).
         """
-        if token._pool is not self:
+        core = self._core
+        pool = token._pool
+        if pool is not self and (not isinstance(pool, TokenPool) or pool._core is not core):
             raise ValueError(f"{token!r} does not belong to this pool")
-        if token._released:
-            raise ValueError(f"{token!r} was already released")
-        if self._generation != fork_generation:
-            self._reset_after_fork()
-        token._released = True
-        if token.byte is None:
-            self._implicit.give_back()
-            return
-        self._held.discard(token)
-        if self._closed:
-            raise ValueError("the token pool is closed; the token could not be returned")
-        self._write_back(token.byte)
+        if token._generation != fork_generation:
+            raise ValueError(f"{token!r} was acquired by another process (before a fork)")
+        with core.lock:
+            if core.closed or self._closed:
+                if token._escrow is None:
+                    raise ValueError(f"{token!r} was already released")
+                raise ValueError(
+                    "the token pool is closed; the token was given back when it closed"
+                )
+            core.give_back(token)
+            if core.orphans:
+                core.settle_orphans()
 
-    def _write_back(self, byte: bytes) -> None:
-        if self._record is not None:
-            self._record.add(-1)  # before the write: a death in between loses, never doubles
-        try:
-            os.write(self._writer, byte)
-        except OSError:
-            # Full or reader-less pool: write_token tries once more and, when
-            # that fails too, raises the PoolBroken that says which.
-            _posix.write_token(self._writer, byte)
+    def _collect(self, token: Token) -> None:
+        self._core.collect(token)
 
     def slot(self, timeout: float | None = None) -> AbstractContextManager[Token]:
         """Hold one slot for the duration of a ``with`` block.
@@ -619,24 +939,23 @@ class TokenPool:
         Readable is a hint: follow it with :meth:`try_acquire`, which may
         still find nothing when another client was faster.
         """
-        self._own()
-        return self._implicit.poll_fd()
+        return self._live_core().implicit.poll_fd()
 
     def available(self) -> int | None:
         """Tokens waiting in the pool right now (racy; for display), if the OS says."""
-        return _posix.available_tokens(self._reader)
+        return _posix.available_tokens(self._core.reader)
 
     @property
     def implicit_free(self) -> bool:
         """True while this process's implicit slot is not handed out."""
-        self._own()
-        return not self._implicit.lock.locked()
+        return self._live_core().implicit.free()
 
     @property
     def held(self) -> int:
-        """Tokens (other than the implicit slot) this process holds now."""
-        self._own()
-        return len(self._held)
+        """Tokens (other than the implicit slot) held through this handle now."""
+        core = self._live_core()
+        with core.lock:
+            return sum(escrow.held() for escrow in core.held_by(self))
 
     # -- children -------------------------------------------------------------------
 
@@ -644,25 +963,12 @@ class TokenPool:
     def pass_fds(self) -> tuple[int, ...]:
         """The fds a child must inherit: the pool's (pipe style) and, with a token
         ledger, the records whose locks must outlive us while the child runs."""
-        if self._generation != fork_generation:
-            self._reset_after_fork()
-        if self._record is None and not self._inherited_records:
-            return self._export_fds
-        records = [] if self._record is None else [self._record.fd]
-        return (*self._export_fds, *records, *self._inherited_records)
-
-    def _note_held(self, delta: int) -> None:
-        """Count a token in this process's ledger record (opened on first use)."""
-        record = self._record
-        if record is None:
-            with self._state_lock:
-                record = self._record
-                if record is None and self._ledger_path is not None:
-                    record = self._record = Record.open(self._ledger_path, self._reader)
-                    if record is None:
-                        self._ledger_path = None  # not this pool's ledger: stop trying
-        if record is not None:
-            record.add(delta)
+        core = self._core
+        core.own()
+        if core.record is None and not core.inherited_records:
+            return core.export_fds
+        records = [] if core.record is None else [core.record.fd]
+        return (*core.export_fds, *records, *core.inherited_records)
 
     def recover(self) -> int:
         """Give back the tokens of ledger records whose holders are all gone.
@@ -674,11 +980,12 @@ class TokenPool:
         Returns:
             How many tokens were written back.
         """
-        if self._ledger is None or not self.owner:
+        core = self._core
+        if core.ledger is None or not core.owner:
             raise ValueError("only the creator of a pool with a ledger can recover tokens")
-        if self._closed:
+        if self._closed or core.closed:
             raise ValueError("the token pool is closed")
-        return self._ledger.recover(lambda n: _posix.fill(self._writer, n, TOKEN_BYTE))
+        return core.ledger.recover(lambda n: _posix.fill(core.writer, n, TOKEN_BYTE))
 
     def makeflags(self) -> str:
         """A fresh ``MAKEFLAGS`` value advertising this pool."""
@@ -694,8 +1001,9 @@ class TokenPool:
         every other fd).
         """
         env = dict(os.environ if base is None else base)
-        if self._ledger_path is not None:
-            env[LEDGER_VARIABLE] = self._ledger_path
+        ledger_path = self._core.ledger_path
+        if ledger_path is not None:
+            env[LEDGER_VARIABLE] = ledger_path
         else:
             env.pop(LEDGER_VARIABLE, None)  # some other pool's ledger
         for variable in ("MAKEFLAGS", "MFLAGS"):
@@ -711,91 +1019,50 @@ class TokenPool:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once this handle (or the whole pool) is closed."""
+        return self._closed or self._core.closed
 
     def close(self) -> int | None:
-        """Release this process's hold on the pool. Idempotent.
+        """Close this handle. Idempotent; other handles on the pool stay open.
 
-        Tokens this process still holds are written back first (with a
-        :class:`ResourceWarning`). A pool this process created is then drained
-        without blocking and the tokens counted: a :class:`TokenCountWarning`
-        reports missing or extra ones, and a fifo is removed.
+        Tokens still held through this handle are written back first (with a
+        :class:`ResourceWarning`). When this was the last open handle of the
+        process, the pool is closed for the process: a pool this process
+        created is then drained without blocking and the tokens counted (a
+        :class:`TokenCountWarning` reports missing or extra ones), and a fifo
+        is removed.
 
         Returns:
-            For a created pool, the number of tokens found (``slots - 1`` when
-            every client returned its tokens); None for a joined pool.
+            For a created pool closed by this call, the number of tokens found
+            (``slots - 1`` when every client returned its tokens); otherwise None.
         """
-        self._own()
-        with self._state_lock:
+        core = self._core
+        core.own()
+        with core.lock:
             if self._closed:
                 return self._close_result
-            if self._users > 1:
-                self._users -= 1  # another from_environ() caller still uses this handle
-                return self._close_result
-            # Coroutines waiting in acquire_async() watch fileno() and would
-            # never learn: make them fail, and take nothing from the tokens
-            # written back next (none wait unless makejobs.aio was imported).
-            import sys
-
-            aio = sys.modules.get("makejobs.aio")
-            if aio is not None:
-                aio.pool_closing(self)
-            # Closed before the held tokens go back, so no thread starting an
-            # acquire now can take one of them from a pool about to vanish.
             self._closed = True
-            self.return_held("closing a token pool", stacklevel=3)
-            result = None
-            if self.owner and self.slots is not None:
-                result = _posix.drain(self._reader)
-                expected = self.slots - 1
-                if result != expected:
-                    what = "missing" if result < expected else "extra"
-                    warnings.warn(
-                        f"token pool closed with {result} token(s) available, expected"
-                        f" {expected}: {abs(expected - result)} {what}",
-                        TokenCountWarning,
-                        stacklevel=2,
-                    )
-            _posix.close_quietly(self._reader, self._writer, *self._export_fds)
-            self._implicit.close()
-            self._close_ledger()
-            if self.owner and self._fifo_dir is not None:
-                _remove_tree(self._fifo_dir)
-            _live_pools.discard(self)
-            self._close_result = result
-            return result
-
-    def _close_ledger(self) -> None:
-        if self._record is not None:
-            self._record.close()
-            self._record = None
-        _posix.close_quietly(*self._inherited_records)
-        self._inherited_records = []
-        if self.owner and self._ledger is not None:
-            self._ledger.close()
+            core.handles -= 1
+            last = core.handles == 0
+            if not last and not core.closed:
+                core.return_held(self, "closing a token pool", stacklevel=2)
+        if last:
+            self._close_result = core.close(stacklevel=2)
+        return self._close_result
 
     def return_held(self, why: str, *, stacklevel: int = 2) -> int:
-        """Write back every token this process still holds, with a ResourceWarning.
+        """Write back every token still held through this handle, with a ResourceWarning.
 
         A safety net for paths where the holder is gone (a job function that
         returned without releasing, a pool being closed): the tokens go back
         instead of being lost for the rest of the build. Returns how many.
         """
-        self._own()
-        held = list(self._held)
-        if held:
-            warnings.warn(
-                f"{why} while holding {len(held)} token(s); returning them",
-                ResourceWarning,
-                stacklevel=stacklevel,
-            )
-            for token in held:
-                if not token._released and token.byte is not None:
-                    token._released = True
-                    self._held.discard(token)
-                    with contextlib.suppress(PoolBroken):
-                        self._write_back(token.byte)
-        return len(held)
+        core = self._core
+        core.own()
+        with core.lock:
+            if core.closed:
+                return 0
+            return core.return_held(self, why, stacklevel + 1)
 
     def __enter__(self) -> TokenPool:
         return self
@@ -804,76 +1071,70 @@ class TokenPool:
         self.close()
 
     def __del__(self) -> None:
-        # getattr: a pool whose construction failed half-way has fewer attributes.
-        if not getattr(self, "_closed", True) and hasattr(self, "_implicit"):
-            _posix.close_quietly(self._reader, self._writer, *self._export_fds)
-            self._implicit.close()
-            self._close_ledger()
-            if self.owner and self._fifo_dir is not None:
-                _remove_tree(self._fifo_dir)
+        core = getattr(self, "_core", None)
+        if core is None or getattr(self, "_closed", True):
+            return
+        # Dropped without close(): its tokens go back when their Tokens are
+        # collected; the pool closes (quietly) with its last handle.
+        self._closed = True
+        if core.generation == fork_generation:
+            with contextlib.suppress(Exception):
+                with core.lock:
+                    core.handles -= 1
+                    last = core.handles == 0
+                if last and not core.closed:
+                    core.closed = True
+                    core._release_fds()
 
     def __repr__(self) -> str:
+        core = self._core
         where = (
-            self.auth.path
-            if isinstance(self.auth, FifoAuth)
-            else f"{self.auth.read_fd},{self.auth.write_fd}"
+            core.auth.path
+            if isinstance(core.auth, FifoAuth)
+            else f"{core.auth.read_fd},{core.auth.write_fd}"
         )
-        role = "created" if self.owner else "joined"
-        state = " closed" if self._closed else ""
-        return f"<TokenPool {role} {self.style} {where} slots={self.slots}{state}>"
+        role = "created" if core.owner else "joined"
+        if self.closed:
+            return f"<TokenPool {role} {core.style} {where} slots={core.slots} closed>"
+        free = self.available()
+        state = f"free={free}" if free is not None else ""
+        if core.generation == fork_generation:
+            state += f" implicit={'free' if core.implicit.free() else 'out'} held={self.held}"
+        return f"<TokenPool {role} {core.style} {where} slots={core.slots} {state.strip()}>"
 
-    # -- fork and pickle ------------------------------------------------------------
+    # -- fork, copy and pickle ----------------------------------------------------------
 
     @property
     def owner(self) -> bool:
         """True in the process that created the pool (never in a forked child)."""
-        return self._owner and self._generation == fork_generation
+        return self._core.owner
 
-    def _own(self) -> None:
-        """Make sure the per-process state is this process's (see _after_fork_in_child)."""
-        if self._generation != fork_generation:
-            self._reset_after_fork()
+    def __copy__(self) -> TokenPool:
+        """Another handle on the same pool (see the class docstring)."""
+        core = self._live_core()
+        return TokenPool._attach(core)
 
-    def _reset_after_fork(self) -> None:
-        """First use in a forked child (or grandchild...): drop the ancestor's state."""
-        with _fork_lock:
-            if self._generation == fork_generation:
-                return  # another thread of this process got here first
-            # The child runs on the token its parent acquired for it: that is its
-            # implicit slot. It holds nothing else and owns nothing. The wake-up
-            # pipe and epoll set (if any) are the parent's: close our copies; ours
-            # are made when something here first waits.
-            self._implicit.close()
-            self._implicit = ImplicitSlot(self._reader)
-            self._state_lock = threading.Lock()
-            self._held = set()
-            self._owner = False
-            # Our parent's ledger record stays open here: its lock says that a
-            # process running on the parent's tokens is still alive.
-            if self._record is not None:
-                self._inherited_records.append(self._record.fd)
-                self._record = None
-            _note_touched()
-            self._generation = fork_generation  # last: others test it without the lock
+    def __deepcopy__(self, memo: object) -> TokenPool:
+        return self.__copy__()
 
     def __reduce__(self) -> Any:
-        if self._closed:
+        if self.closed:
             raise ValueError("cannot pickle a closed token pool")
-        self._own()
+        core = self._live_core()
         from multiprocessing.reduction import DupFd
 
-        records = [] if self._record is None else [self._record.fd]
+        records = [] if core.record is None else [core.record.fd]
         state = {
-            "slots": self.slots,
-            "flags": self.flags,
-            "variable": self.variable,
-            "ledger": self._ledger_path,
+            "slots": core.slots,
+            "flags": core.flags,
+            "variable": core.variable,
+            "ledger": core.ledger_path,
             # A spawned child holds our record's lock as a forked one would.
-            "records": [DupFd(fd) for fd in (*records, *self._inherited_records)],
+            "records": [DupFd(fd) for fd in (*records, *core.inherited_records)],
         }
-        if isinstance(self.auth, FifoAuth):
-            return (_rebuild_fifo, (self.auth.path, state))
-        return (_rebuild_pipe, (DupFd(self._export_fds[0]), DupFd(self._export_fds[1]), state))
+        if isinstance(core.auth, FifoAuth):
+            return (_rebuild_fifo, (core.auth.path, state))
+        return (_rebuild_pipe, (DupFd(core.export_fds[0]), DupFd(core.export_fds[1]), state))
 
 
 def _rebuild_pipe(read: Any, write: Any, state: dict[str, Any]) -> TokenPool:
@@ -931,21 +1192,37 @@ def _detach_records(state: dict[str, Any]) -> tuple[int, ...]:
 
 
 def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
-    """The live pool of this process for *auth*, if there is one.
+    """A new handle on the pool of this process advertised as *auth*, if there is one.
 
     A process has one implicit slot, whatever number of handles it opens on a
     pool: joining a pool this process already holds (say, a Jobserver job
-    calling from_environ() on the pool its parent exported to it) returns the
-    same handle, counted, instead of a second one with a second implicit slot.
+    calling from_environ() on the pool its parent exported to it) gives a
+    handle on the same pool instead of a second pool with a second implicit slot.
     """
-    for pool in list(_live_pools):
-        if not pool._closed and auth in (pool.auth, pool._source_auth):
-            pool._own()
-            with pool._state_lock:
-                if not pool._closed:
-                    pool._users += 1
-                    return pool
+    for core in list(_live_cores):
+        if not core.closed and auth in (core.auth, core.source_auth):
+            core.own()
+            with contextlib.suppress(ValueError):
+                return TokenPool._attach(core)
     return None
+
+
+def _core_with_identity(identity: tuple[int, int], exclude: _Core) -> _Core | None:
+    """The open pool of this process on the pipe or fifo *identity* (device, inode)."""
+    for core in list(_live_cores):
+        if core is not exclude and not core.closed and core.identity == identity:
+            core.own()
+            return core
+    return None
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number or None, not {timeout!r}")
 
 
 def _fifo_parent() -> str:

@@ -1,17 +1,29 @@
-"""A held slot of parallelism, and the implicit slot every process starts with.
+"""Held slots of parallelism: escrows, the implicit slot, and tokens.
 
-A :class:`Token` is what :meth:`TokenPool.acquire <makejobs.pool.TokenPool.acquire>`
-returns: either a byte read from the pool (written back on release) or this
-process's *implicit* slot (never written anywhere). :class:`ImplicitSlot` keeps
-that one slot and lets threads waiting on the pool's pipe see it come back;
-:class:`Slot` is the context manager of :meth:`TokenPool.slot
-<makejobs.pool.TokenPool.slot>`.
+Where a slot is, is kept by the kernel, not by Python variables. Every slot a
+process holds is a byte in an *escrow*: a private pipe of one holder (a
+:class:`Token`), into which the byte was moved from the pool's pipe (or from
+this process's implicit-slot pipe) by one system call, and out of which it
+moves back by one system call (see :func:`makejobs._posix.move`). So:
+
+* a slot is at every instant in exactly one pipe: free in its source, or in
+  one escrow. An exception raised at any bytecode (a ``KeyboardInterrupt``, a
+  signal handler's exception) can interrupt the Python bookkeeping around a
+  move, never the move itself;
+* giving back is idempotent: draining an escrow that is already empty moves
+  nothing, so a slot cannot be given back twice;
+* the escrows that hold pool tokens are also known to this process's
+  guardian (see :mod:`makejobs.guardian`), which gives their bytes back to the
+  pool if this process dies without doing it, SIGKILL included.
+
+This process's *implicit* slot (every process make starts owns one, never
+written to the pool) is itself a byte in a private pipe that is readable
+while the slot is free, which also lets waiters poll for it.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 
 from . import _posix
 
@@ -22,35 +34,162 @@ if TYPE_CHECKING:
 
     from .pool import TokenPool
 
-__all__ = ["ImplicitSlot", "Slot", "Token"]
+__all__ = ["IMPLICIT_BYTE", "Escrow", "ImplicitSlot", "Slot", "Token"]
+
+#: What the implicit-slot pipe holds while the slot is free (never written to a pool).
+IMPLICIT_BYTE = b"i"
+
+
+class Escrow:
+    """A private pipe that holds the slots one holder took, until they go back.
+
+    ``dest`` is the write end of the pipe the bytes came from (the pool's, or
+    the implicit slot's); it never changes, so whoever drains the escrow, and
+    however often, every byte goes back where it belongs exactly once.
+    """
+
+    __slots__ = ("dest", "r", "registered", "w")
+
+    def __init__(self, dest: int) -> None:
+        self.r, self.w = _posix.private_pipe()
+        self.dest = dest
+        # Known to the guardian (pool escrows only; see makejobs.guardian).
+        self.registered = False
+
+    def held(self) -> int:
+        """How many slots the escrow holds now."""
+        return _posix.available_tokens(self.r) or 0
+
+    def give_back(self) -> int:
+        """Move every held byte back to ``dest``; return how many moved.
+
+        Raises:
+            PoolBroken: ``dest`` is full or has no reader left; the bytes
+                stay here (the caller drops the escrow, and with it the token).
+        """
+        moved = 0
+        while True:
+            try:
+                n = _posix.move(self.r, self.dest)
+            except EOFError:
+                return moved  # pragma: no cover - we hold the write end
+            except BrokenPipeError:
+                raise _posix.pool_without_reader(self.dest) from None
+            if n == 0:
+                if self.held():
+                    raise _posix.pool_full(self.dest)
+                return moved
+            moved += n
+
+    def peek(self) -> bytes:
+        """The first held byte, without giving it back (b"" when empty)."""
+        # A pipe cannot be read without consuming, so read and put back; only
+        # diagnostics and tests ask, never the paths that hand out slots.
+        try:
+            data = os.read(self.r, 1 << 16)
+        except BlockingIOError:
+            return b""
+        os.write(self.w, data)
+        return data[:1]
+
+    def close(self) -> None:
+        r, w = self.r, self.w
+        self.r = self.w = -1
+        _posix.close_quietly(r, w)
+
+
+class ImplicitSlot:
+    """This process's implicit slot: a byte in a private pipe while it is free.
+
+    Taking the slot moves the byte into the taker's escrow; giving it back
+    moves it home. The pipe is readable exactly while the slot is free, so a
+    thread (or event loop) waiting for a slot polls it next to the pool's
+    reader, and :meth:`poll_fd` combines both into one fd (Linux epoll).
+
+    ``maybe_free`` is a hint that keeps the hot path from a failing system
+    call while the slot is out: False only after a take succeeded, set True
+    before the byte goes back, so it can be stale only in the harmless
+    direction (a take attempt that finds nothing).
+    """
+
+    __slots__ = ("combined", "maybe_free", "r", "reader", "w")
+
+    def __init__(self, reader: int) -> None:
+        self.r, self.w = _posix.private_pipe()
+        os.write(self.w, IMPLICIT_BYTE)
+        self.maybe_free = True
+        self.reader = reader
+        self.combined: select.epoll | None = None
+
+    def free(self) -> bool:
+        """True while the slot is not handed out (the byte is home)."""
+        return bool(_posix.available_tokens(self.r))
+
+    def poll_fd(self) -> int:
+        """An fd readable when a token or the implicit slot may be free (see TokenPool.fileno)."""
+        combined = self.combined
+        if combined is None:
+            combined = self.combined = _posix.combine(self.reader, self.r)
+            if combined is None:
+                return self.reader  # no epoll: only the tokens can be watched
+        return combined.fileno()
+
+    def close(self) -> None:
+        combined, self.combined = self.combined, None
+        if combined is not None:
+            combined.close()
+        r, w = self.r, self.w
+        self.r = self.w = -1
+        _posix.close_quietly(r, w)
 
 
 class Token:
     """One slot of parallelism held by this process.
 
-    ``byte`` is the byte read from the pool, or None for the implicit slot.
     Give it back with :meth:`TokenPool.release` exactly once, or use it as a
-    context manager: ``with pool.acquire() as token:`` releases it on exit.
+    context manager: ``with pool.acquire() as token:`` releases it on exit. A
+    token dropped without being released goes back when it is garbage
+    collected, with a :class:`ResourceWarning`, like an unclosed file.
     """
 
-    __slots__ = ("__weakref__", "_pool", "_released", "byte")
+    __slots__ = ("__weakref__", "_byte", "_escrow", "_generation", "_pool", "implicit")
 
-    def __init__(self, pool: TokenPool, byte: bytes | None) -> None:
+    def __init__(self, pool: TokenPool, escrow: Escrow, implicit: bool, generation: int) -> None:
         self._pool = pool
-        self._released = False
-        self.byte = byte
+        self._escrow: Escrow | None = escrow
+        self._generation = generation
+        self._byte: bytes | None = None
+        #: True for the process's implicit slot, which is never written to the pool.
+        self.implicit = implicit
 
     @property
-    def implicit(self) -> bool:
-        """True for the process's implicit slot, which is never written to the pool."""
-        return self.byte is None
+    def byte(self) -> bytes | None:
+        """The byte read from the pool, or None for the implicit slot (or once released)."""
+        if self.implicit:
+            return None
+        if self._byte is None:
+            escrow = self._escrow
+            if escrow is not None:
+                self._byte = escrow.peek() or None
+        return self._byte
+
+    @property
+    def released(self) -> bool:
+        """True once the slot has gone back."""
+        return self._escrow is None
 
     def __repr__(self) -> str:
-        state = " released" if self._released else ""
-        return f"<Token {'implicit' if self.byte is None else repr(self.byte)}{state}>"
+        what = "implicit" if self.implicit else "token"
+        return f"<Token {what}{' released' if self._escrow is None else ''}>"
 
     def __reduce__(self) -> Any:
         raise TypeError("a Token belongs to the process that acquired it and cannot be pickled")
+
+    def __copy__(self) -> Token:
+        raise TypeError("a Token cannot be copied: it is one slot")
+
+    def __deepcopy__(self, memo: object) -> Token:
+        raise TypeError("a Token cannot be copied: it is one slot")
 
     def __enter__(self) -> Token:
         return self
@@ -58,100 +197,9 @@ class Token:
     def __exit__(self, *exc_info: object) -> None:
         self._pool.release(self)
 
-
-class ImplicitSlot:
-    """This process's implicit slot, and a way for waiters to see it come back.
-
-    The implicit slot never travels through the pool's pipe, so a thread
-    blocked in poll() on that pipe would not notice another thread giving it
-    back. Giving it back therefore also leaves a byte in a private wake-up
-    pipe, which whoever takes the slot next drains. Readiness of that pipe
-    thus means "the implicit slot may be free", the same level-triggered
-    meaning the pool's pipe has for tokens.
-
-    The wake-up pipe (and the epoll set over it and the pool's reader) is
-    made with the slot in the process that opens the pool, but in a forked
-    child only when something there first waits (:meth:`wake_fd`,
-    :meth:`poll_fd`): a job that takes only its implicit slot never pays for
-    three more descriptors.
-    """
-
-    __slots__ = ("combined", "lock", "pending", "reader", "wake_lock", "wake_r", "wake_w")
-
-    def __init__(self, reader: int) -> None:
-        self.lock = threading.Lock()
-        self.wake_lock = threading.Lock()
-        self.pending = False
-        self.reader = reader
-        self.wake_r = self.wake_w = -1
-        self.combined: select.epoll | None = None
-
-    def take(self) -> bool:
-        lock = self.lock
-        # locked() first: the slot is usually out, and a failing acquire()
-        # costs several times more than the check.
-        if lock.locked() or not lock.acquire(False):
-            return False
-        if self.pending:
-            with self.wake_lock:
-                if self.pending:
-                    _posix.drain(self.wake_r)
-                    self.pending = False
-        return True
-
-    def give_back(self) -> None:
-        with self.wake_lock:
-            # Signal before releasing, so whoever takes the slot finds the
-            # byte already there to drain (no stale byte, no busy wake-ups).
-            # No pipe yet means nobody has waited: there is nobody to tell.
-            if not self.pending and self.wake_w >= 0:
-                self.pending = True
-                try:
-                    os.write(self.wake_w, b"\0")
-                except BlockingIOError:
-                    pass
-            self.lock.release()
-
-    def wake_fd(self) -> int:
-        """The read end of the wake-up pipe, made on first use."""
-        if self.wake_r < 0:
-            self._make_wake_pipe()
-        return self.wake_r
-
-    def poll_fd(self) -> int:
-        """An fd readable when a token or the implicit slot may be free (see TokenPool.fileno)."""
-        if self.wake_r < 0:
-            self._make_wake_pipe()
-        combined = self.combined
-        return self.reader if combined is None else combined.fileno()
-
-    def _make_wake_pipe(self) -> None:
-        with self.wake_lock:
-            if self.wake_r >= 0:
-                return
-            wake_r, wake_w = _posix.wake_pipe()
-            try:
-                self.combined = _posix.combine(self.reader, wake_r)
-            except BaseException:
-                _posix.close_quietly(wake_r, wake_w)
-                raise
-            # Born level-triggered like the pool's pipe: if the slot is free
-            # now, a waiter must see it (give_back wrote nothing while there
-            # was no pipe). Under wake_lock, so no give_back slips in between.
-            if not self.lock.locked():
-                os.write(wake_w, b"\0")
-                self.pending = True
-            self.wake_w = wake_w
-            self.wake_r = wake_r  # last: readers test it without the lock
-
-    def close(self) -> None:
-        combined, self.combined = self.combined, None
-        if combined is not None:
-            combined.close()
-        wake_r, wake_w = self.wake_r, self.wake_w
-        self.wake_r = self.wake_w = -1
-        if wake_r >= 0:
-            _posix.close_quietly(wake_r, wake_w)
+    def __del__(self) -> None:
+        if getattr(self, "_escrow", None) is not None:
+            self._pool._collect(self)
 
 
 class Slot:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import threading
 import warnings
@@ -56,3 +57,20 @@ def held_by_another_thread(*locks: contextlib.AbstractContextManager[object]) ->
     finally:
         release.set()
         holder.join(60)
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """True once process *pid* (not necessarily our child) has exited, within *timeout*.
+
+    A zombie counts as exited: a process whose parent died is reparented to an
+    init that may reap it late, or never, in a container.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(pidfd)

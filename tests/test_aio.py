@@ -436,8 +436,7 @@ def test_waiters_take_none_of_the_tokens_close_gives_back(monkeypatch: pytest.Mo
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(2):
-            await pool.acquire_async()
+        held = [await pool.acquire_async() for _ in range(2)]
         waiter = asyncio.ensure_future(pool.acquire_async())
         waiter.add_done_callback(lambda _: waiter_done.set())
         await turns()
@@ -445,6 +444,7 @@ def test_waiters_take_none_of_the_tokens_close_gives_back(monkeypatch: pytest.Mo
         assert await loop.run_in_executor(None, close_returning_held, pool) == 1
         with pytest.raises(ValueError, match="the token pool is closed"):
             await asyncio.wait_for(waiter, 10)
+        assert held[0].implicit
 
     run(main())
 
@@ -455,7 +455,8 @@ def test_token_handed_to_a_waiter_before_the_pool_closes_is_not_lost(then: str) 
     other = OtherClient(pool)
 
     async def main() -> None:
-        await pool.acquire_async()  # the implicit slot
+        implicit = await pool.acquire_async()
+        assert implicit.implicit
         theirs = other.take()
         waiter = asyncio.ensure_future(pool.acquire_async())
         await turns()
@@ -489,18 +490,31 @@ def test_closing_a_pool_from_another_thread_does_not_disturb_the_loop() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        await pool_a.acquire_async()
+        implicit_a = await pool_a.acquire_async()
         waiter_a = asyncio.ensure_future(pool_a.acquire_async())
         await turns()
         number = pool_a.fileno()
         closer = threading.Thread(target=pool_a.close)
         closer.start()
         closer.join()  # blocks the loop: pool_a's waiters are woken only after this step
+        assert implicit_a.implicit
         pool_b = TokenPool.create(2)
-        assert pool_b.fileno() == number, "expected the lowest free descriptors to be reused"
         other = OtherClient(pool_b)
-        assert pool_b.try_acquire() is not None  # the implicit slot
+        implicit_b = pool_b.try_acquire()
+        assert implicit_b is not None and implicit_b.implicit
         theirs = other.take()  # pool_b is exhausted
+        # pool_b's fileno() (made on first use) gets the number pool_a's had: every
+        # free number below it is taken for the moment.
+        fillers = []
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            if fd >= number:
+                os.close(fd)
+                break
+            fillers.append(fd)
+        assert pool_b.fileno() == number, "expected the lowest free descriptor to be reused"
+        for fd in fillers:
+            os.close(fd)
         loop.call_soon(other.give, theirs)  # runs after pool_a's waiters fail
         # Awaited directly (not in a task of its own, as wait_for would make it on
         # 3.11): the wait is registered in this step, before the loop handles pool_a's

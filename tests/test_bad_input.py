@@ -387,7 +387,7 @@ def check_join(zoo: Zoo, env: Mapping[str, str]) -> None:
     event(f"joined {pool.style}")
     try:
         # Only the two genuine pools can be joined (the pipe also by its /proc path).
-        joined = os.fstat(pool._reader)
+        joined = os.fstat(pool._core.reader)
         genuine = [os.fstat(fd) for fd in (zoo.pipe_r, zoo.fifo_holder)]
         assert (joined.st_dev, joined.st_ino) in [(g.st_dev, g.st_ino) for g in genuine], pool
         first = pool.try_acquire()

@@ -1574,6 +1574,10 @@ FRESH_SCRIPT = textwrap.dedent(
         process = context.Process(target=abs, args=(1,))
         process.start()
         process.join()
+        if sys.argv[1] == "makejobs":
+            # So does makejobs' guardian process, started when a token is first held.
+            from makejobs import guardian
+            guardian.current()
         before = state()
         kind = ProcessPoolExecutor if sys.argv[1] == "ppe" else JobserverExecutor
         with kind(2, mp_context=context) as executor:

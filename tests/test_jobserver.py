@@ -591,8 +591,9 @@ def test_slots_none_joins_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         for name, value in pool.environ({}).items():
             monkeypatch.setenv(name, value)
         with Jobserver(FAST) as js:
-            # This process holds that pool already: one handle, one implicit slot.
-            assert js.pool is pool
+            # This process holds that pool already: a handle of its own on the
+            # same pool, with the same (one) implicit slot.
+            assert js.pool is not pool and js.pool._core is pool._core
             spans = [f.result() for f in [js.submit(span, (0.15,)) for _ in range(5)]]
         assert peak_overlap(spans) == 3
         assert pool.close() == 2
@@ -629,7 +630,7 @@ def job_joins_twice() -> tuple[bool, bool]:
     implicit = first.try_acquire()
     another = second.try_acquire()
     return (
-        first is second and implicit is not None and implicit.implicit,
+        first._core is second._core and implicit is not None and implicit.implicit,
         another is None or not another.implicit,
     )
 
@@ -875,7 +876,7 @@ def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
         assert js.submit(identity, (1,)).result(timeout=60) == 1
         js.pool.fileno()
         engine = js._engine
-        locks = (engine.lock, engine.spawn_lock, engine.callback_lock, js.pool._state_lock)
+        locks = (engine.lock, engine.spawn_lock, engine.callback_lock, js.pool._core.lock)
         with held_by_another_thread(*locks):
             assert run_in_child(lambda: js.submit(identity, (7,)).result(60) == 7) == 0
         assert js.submit(identity, (8,)).result(timeout=60) == 8

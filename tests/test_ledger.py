@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -10,9 +9,11 @@ import sys
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
-from makejobs import TokenPool
+from forking import wait_for_exit
+from makejobs import Token, TokenPool
 from makejobs.ledger import LEDGER_VARIABLE
 
 HOLDER = """
@@ -20,6 +21,13 @@ import os, sys, time
 from makejobs import TokenPool
 pool = TokenPool.from_environ()
 tokens = [pool.acquire(timeout=10) for _ in range(int(sys.argv[1]))]
+if sys.argv[2] == "spawn":  # jobs started by multiprocessing, outliving the holder
+    from makejobs import Jobserver
+    for t in tokens:
+        pool.release(t)
+    js = Jobserver("spawn", pool=pool)
+    jobs = [js.submit(time.sleep, (600,)) for _ in range(len(tokens))]
+    os.write(1, b"child %s\\n" % " ".join(str(job.pid) for job in jobs).encode())
 if sys.argv[2] == "fork":
     pid = os.fork()
     if pid == 0:  # a job running on the holder's tokens, outliving it
@@ -47,8 +55,36 @@ def start_holder(pool: TokenPool, count: int, mode: str) -> subprocess.Popen[str
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL *proc* and its guardian, as ``kill -9`` of a whole process group does.
+
+    With the guardian alive the killed client's tokens come back through it
+    (see test_a_killed_holder_with_its_guardian_gives_back_through_it); the
+    ledger is for when nothing of the client survives.
+    """
+    guardians = guardians_of(proc.pid)
+    for guardian in guardians:
+        guardian.kill()
     proc.kill()
     proc.wait(30)
+    for guardian in guardians:
+        assert wait_for_exit(guardian.pid, 30)
+
+
+def guardians_of(pid: int) -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process(pid).children()
+        if any("_guardian_main" in word for word in child.cmdline())
+    ]
+
+
+def forget(pool: TokenPool, token: Token) -> None:
+    """Drop *token* as if its holder had died: its byte vanishes with the escrow."""
+    escrow = token._escrow
+    assert escrow is not None
+    os.read(escrow.r, 1)
+    token._escrow = None
+    pool._core.holders.pop(escrow, None)
 
 
 @pytest.fixture(params=["pipe", "fifo"])
@@ -59,7 +95,7 @@ def pool(request: pytest.FixtureRequest) -> Iterator[TokenPool]:
 
 def test_environ_exports_the_ledger_and_others_do_not(pool: TokenPool) -> None:
     env = pool.environ({LEDGER_VARIABLE: "/somewhere/else"})
-    assert env[LEDGER_VARIABLE] == pool._ledger_path
+    assert env[LEDGER_VARIABLE] == pool._core.ledger_path
     with TokenPool.create(2) as plain:
         assert LEDGER_VARIABLE not in plain.environ({LEDGER_VARIABLE: "/somewhere/else"})
 
@@ -74,6 +110,21 @@ def test_killed_holder_tokens_are_recovered(pool: TokenPool) -> None:
         kill(holder)
     assert pool.recover() == 2
     assert pool.recover() == 0  # once
+    assert pool.close() == 3
+
+
+def test_a_killed_holder_with_its_guardian_gives_back_through_it(pool: TokenPool) -> None:
+    holder = start_holder(pool, 3, "hold")  # the implicit slot + 2 tokens
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        assert pool.available() == 1
+        (guardian,) = guardians_of(holder.pid)
+    finally:
+        holder.kill()  # only the holder: its guardian gives its tokens back
+        holder.wait(30)
+    assert wait_for_exit(guardian.pid, 30)
+    assert pool.available() == 3
+    assert pool.recover() == 0  # the guardian lowered the record first: never twice
     assert pool.close() == 3
 
 
@@ -110,41 +161,29 @@ def test_a_forked_descendant_keeps_the_holders_tokens_alive(pool: TokenPool) -> 
     assert pool.close() == 3
 
 
-def _spawned_job(pool: TokenPool, started: multiprocessing.synchronize.Event) -> None:
-    started.set()
-    signal.pause()
-
-
-def test_a_spawned_child_holds_the_record_too() -> None:
-    with TokenPool.create(3, ledger=True) as pool:
-        implicit = pool.acquire()
-        token = pool.acquire()
-        ctx = multiprocessing.get_context("spawn")
-        started = ctx.Event()
-        proc = ctx.Process(target=_spawned_job, args=(pool, started))
-        proc.start()
-        try:
-            assert started.wait(60)
-            # Simulate our own death without dying: drop our record's lock.
-            record = pool._record
-            assert record is not None and record.count == 1
-            os.close(record.fd)
-            record.fd = os.open(os.devnull, os.O_RDONLY)
-            assert pool.recover() == 0  # the spawned child still holds it
-        finally:
-            proc.kill()
-            proc.join(30)
-        assert pool.recover() == 1
-        pool._held.discard(token)  # recovered for us: do not return it twice
-        pool._record = None
-        pool.release(implicit)
-        assert pool.close() == 2
+def test_a_spawned_job_holds_the_record_too(pool: TokenPool) -> None:
+    holder = start_holder(pool, 2, "spawn")  # the implicit slot + 1 token, lent to spawned jobs
+    assert holder.stdout is not None
+    lines = sorted(holder.stdout.readline().split() for _ in range(2))  # either order
+    assert lines[0][0] == "child" and len(lines[0]) == 3 and lines[1] == ["ready"], lines
+    jobs = [int(pid) for pid in lines[0][1:]]
+    kill(holder)
+    try:
+        assert pool.recover() == 0  # the spawned jobs inherited the record: not yet
+    finally:
+        for job in jobs:
+            os.kill(job, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pool.recover() == 0:
+        assert time.monotonic() < deadline, "the token never came back after the job died"
+        time.sleep(0.01)
+    assert pool.close() == 3
 
 
 def test_a_ledger_for_another_pool_is_ignored(pool: TokenPool) -> None:
     with TokenPool.create(3) as other:
         env = other.environ()
-        env[LEDGER_VARIABLE] = str(pool._ledger_path)
+        env[LEDGER_VARIABLE] = str(pool._core.ledger_path)
         proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, "2", "hold"],
             env=env,

@@ -151,23 +151,23 @@ def test_fifo_dir_avoids_blanks_that_cargo_and_ninja_cannot_parse(
 def test_close_counts_and_warns_about_missing_and_extra_tokens() -> None:
     pool = TokenPool.create(4)
     assert isinstance(pool.auth, PipeAuth)
-    os.read(pool._reader, 1)  # a client that never gives its token back
+    os.read(pool._core.reader, 1)  # a client that never gives its token back
     with pytest.warns(TokenCountWarning, match="1 missing"):
         assert pool.close() == 2
     assert pool.close() == 2  # idempotent, no second warning
 
     pool = TokenPool.create(2)
-    os.write(pool._writer, b"+")  # a client that wrote back a token it never read
+    os.write(pool._core.writer, b"+")  # a client that wrote back a token it never read
     with pytest.warns(TokenCountWarning, match="1 extra"):
         assert pool.close() == 2
 
 
 def test_close_returns_tokens_still_held() -> None:
     pool = TokenPool.create(3)
-    pool.acquire()
-    pool.acquire()
+    implicit = pool.acquire()
+    first = pool.acquire()
     held = pool.acquire()
-    assert not held.implicit
+    assert implicit.implicit and not first.implicit and not held.implicit
     with pytest.warns(ResourceWarning, match="holding 2 token"), warnings.catch_warnings():
         warnings.simplefilter("error", TokenCountWarning)
         assert pool.close() == 2
@@ -206,7 +206,7 @@ def test_tokens_cannot_be_pickled() -> None:
 def test_own_fds_are_close_on_exec() -> None:
     for style in ("pipe", "fifo"):
         with TokenPool.create(2, style=style) as pool:  # type: ignore[arg-type]
-            for fd in (pool._reader, pool._writer, *pool.pass_fds):
+            for fd in (pool._core.reader, pool._core.writer, *pool.pass_fds):
                 assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
 
 
@@ -381,12 +381,15 @@ def test_unreadable_fifo_is_reported(tmp_path: Path) -> None:
 
 def test_eof_is_never_a_token() -> None:
     r, w = os.pipe()
+    escrow_r, escrow_w = os.pipe()
     os.close(w)
     try:
-        with pytest.raises(PoolBroken, match="end-of-file"):
-            _posix.read_token(r)
+        with pytest.raises(EOFError):
+            _posix.move(r, escrow_w, 1)
+        assert _posix.available_tokens(escrow_r) == 0
+        assert "end-of-file" in str(_posix.end_of_file(r))
     finally:
-        os.close(r)
+        _posix.close_quietly(r, escrow_r, escrow_w)
 
 
 def test_write_to_a_pool_without_reader_is_broken_not_fatal() -> None:
@@ -755,9 +758,7 @@ def test_threads_of_a_forked_child_racing_to_first_use_share_one_implicit_slot()
 def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork() -> None:
     with TokenPool.create(2) as pool:
         pool.fileno()
-        with held_by_another_thread(
-            pool._state_lock, pool._implicit.wake_lock, pool._implicit.lock
-        ):
+        with held_by_another_thread(pool._core.lock):
 
             def child() -> bool:
                 token = pool.acquire(timeout=5)  # the implicit slot, though held above
@@ -771,25 +772,32 @@ def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
         assert pool.implicit_free and pool.held == 0
 
 
-def test_joining_a_pool_this_process_holds_returns_the_same_handle(
+def test_joining_a_pool_this_process_holds_shares_its_implicit_slot(
     make_pipe: tuple[int, int, str],
 ) -> None:
-    """One process, one implicit slot, however many times it joins."""
+    """One process, one implicit slot, however many times it joins; each join
+    is a handle of its own, and closing it (even twice) closes only that handle."""
     _r, _w, flags = make_pipe
     first = TokenPool.from_environ({"MAKEFLAGS": flags})
     second = TokenPool.from_environ({"MAKEFLAGS": flags})
-    assert first is second and first is not None
+    assert first is not None and second is not None and first is not second
     # Also through what it exports: a child forked from here sees these numbers.
     third = TokenPool.from_environ(first.environ({}))
-    assert third is first
+    assert third is not None
     implicit = first.acquire(timeout=0)
-    assert implicit.implicit and second.acquire(timeout=0).byte is not None
+    token = second.acquire(timeout=0)
+    assert implicit.implicit and not token.implicit and token.byte is not None
+    assert not third.implicit_free  # the one implicit slot is out, whichever handle looks
     first.release(implicit)
-    assert first.close() is None and not first.closed
-    assert second.close() is None and not first.closed
-    with pytest.warns(ResourceWarning):
-        third.close()  # the last user closes for real, returning what is still held
-    assert first.closed
+    assert third.implicit_free
+    assert first.close() is None and first.closed and not second.closed
+    assert first.close() is None and not second.closed  # idempotent per handle
+    with pytest.raises(ValueError, match="closed"):
+        first.try_acquire()
+    with pytest.warns(ResourceWarning, match="holding 1 token"):
+        second.close()  # returns what was taken through it, and only that
+    assert not third.closed and third.available() == 3
+    third.close()
     fresh = TokenPool.from_environ({"MAKEFLAGS": flags})
-    assert fresh is not first and fresh is not None
+    assert fresh is not None and not fresh.closed
     fresh.close()

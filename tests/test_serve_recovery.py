@@ -1,4 +1,10 @@
-"""makejobs serve gives back the tokens of makejobs clients that were killed."""
+"""makejobs serve gives back the tokens of makejobs clients that were killed.
+
+A client killed alone gives its tokens back through its guardian (see
+makejobs.guardian); the ledger that serve keeps is for clients killed with
+their guardian, as ``kill -9`` of a whole process group does, so these tests
+kill both.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,13 @@ import sys
 MAIN = r"""
 import os, signal, subprocess, sys, time
 from makejobs import TokenPool
+def kill_with_guardian(pid):
+    import psutil
+    for child in psutil.Process(pid).children():
+        if any("_guardian_main" in word for word in child.cmdline()):
+            child.kill()
+    os.kill(pid, signal.SIGKILL)
+
 
 pool = TokenPool.from_environ()
 holder = subprocess.Popen(
@@ -16,7 +29,7 @@ holder = subprocess.Popen(
 )
 assert holder.stdout.readline() == b"holding\n"
 assert pool.available() == 1, pool.available()   # -j4: 3 tokens, the holder took 2
-os.kill(holder.pid, signal.SIGKILL)
+kill_with_guardian(holder.pid)
 holder.wait()
 # serve looks about once a second; wait for it, bounded.
 deadline = time.monotonic() + 20
@@ -38,6 +51,20 @@ time.sleep(600)
 ORPHAN_MAIN = r"""
 import os, signal, subprocess, sys, time
 from makejobs import TokenPool
+def kill_with_guardian(pid):
+    import psutil
+    for child in psutil.Process(pid).children():
+        if any("_guardian_main" in word for word in child.cmdline()):
+            child.kill()
+    os.kill(pid, signal.SIGKILL)
+
+def kill_with_guardian(pid):
+    import psutil
+    for child in psutil.Process(pid).children():
+        if any("_guardian_main" in word for word in child.cmdline()):
+            child.kill()
+    os.kill(pid, signal.SIGKILL)
+
 
 pool = TokenPool.from_environ()
 holder = subprocess.Popen(
@@ -46,7 +73,7 @@ holder = subprocess.Popen(
 )
 line = holder.stdout.readline().split()
 assert line[0] == b"orphan", line
-os.kill(holder.pid, signal.SIGKILL)
+kill_with_guardian(holder.pid)
 holder.wait()
 print(line[1].decode(), flush=True)
 """
