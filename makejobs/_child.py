@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import _posix
 from . import pool as _pool
 from .errors import RemoteTraceback
 from .pool import TokenPool
@@ -277,8 +278,10 @@ def run(
             kind, payload = RAISED, (e, _formatted(e))
     except BaseException as e:  # SystemExit, KeyboardInterrupt, GeneratorExit
         kind, payload = DIED, _died(e)
-    # Tokens the job took and forgot are returned, not lost for the whole build.
+    # Tokens the job took and forgot are returned, not lost for the whole build;
+    # those of jobs it started and left running are theirs until they end.
     if _pool._touched_generation == _pool.fork_generation:
+        _finish_own_jobs()
         _pool.return_held_everywhere("a job ended")
     # A job that ended its process on purpose exits as it asked, after saying why.
     code: int = payload[1] if kind is DIED else 0
@@ -294,8 +297,22 @@ def run(
     return code
 
 
+def _finish_own_jobs() -> None:
+    """Wait for the jobs this job submitted and left running (see run())."""
+    from ._engine import live_engines
+
+    for engine in live_engines():
+        with contextlib.suppress(Exception):
+            engine.wait_all()
+
+
+#: In a spawned job: the submitting process's life pipe end, kept open until exit.
+_life = -1
+
+
 class ResultFd:
-    """A picklable handle on the write end of a result pipe, for spawn/forkserver children.
+    """A picklable handle on the write end of a pipe (the result pipe, the life
+    pipe) for spawn/forkserver children.
 
     The fd travels with the process while multiprocessing pickles it (spawn:
     inherited by the new process; forkserver: sent along with the request),
@@ -335,8 +352,23 @@ def spawned_main(
     preexec_fn: Callable[[], Any] | None,
     pool: TokenPool | None,
     exports: Exports | None = None,
+    life: ResultFd | None = None,
+    sigmask: tuple[int, ...] | None = None,
 ) -> None:
-    """Entry point of a job started through a multiprocessing context."""
+    """Entry point of a job started through a multiprocessing context.
+
+    *life* is the write end of the submitting process's life pipe (see
+    :mod:`makejobs.guardian`): held, untouched, for as long as the job runs.
+    *sigmask* is the submitting thread's signal mask outside makejobs: the
+    job was started while SIGINT and SIGTERM were held off there, and a new
+    process inherits the mask of the thread that started it.
+    """
+    global _life
+    if sigmask is not None:
+        _posix.sigmask(_posix.SIG_SETMASK, sigmask)
+    if life is not None:
+        _life = life.detach()
+        os.set_inheritable(_life, False)
     fd = result.detach()
     os.set_inheritable(fd, False)  # exec'd grandchildren must not pin the pipe
     code = run_job(fd, fn, args, kwargs, env, preexec_fn, pool, exports)

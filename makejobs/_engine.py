@@ -1,5 +1,5 @@
-"""The per-process engine behind a Jobserver: which fd to watch for which job,
-which threads are waiting, and which callbacks are due.
+"""The per-process engine behind a Jobserver: which jobs run, which threads are
+waiting, and which callbacks are due.
 
 There is no background thread. Any thread inside a makejobs call drives
 progress: it polls the result pipes (and exit pidfds) of running jobs, reads
@@ -7,6 +7,13 @@ what is ready, reaps finished processes, returns their tokens and then runs
 due callbacks. Threads blocked in poll() are woken through a private pipe
 each whenever the set of fds to watch changes, so a job submitted or
 finished by one thread is never missed by another.
+
+Interruptions: a ``KeyboardInterrupt`` may arrive at any bytecode. Completing
+a job therefore takes steps that are each safe to repeat, and the job stays
+listed (``finishing``) until the last one is done: whichever makejobs call
+comes next carries on where the interrupted one stopped. Its tokens go back
+exactly once (a released token gives back nothing, see
+:mod:`makejobs.token`), and its callbacks run exactly once.
 
 After fork the child starts with an empty engine: its parent's jobs are not
 its to reap. Like a pool's, an engine's state is rebuilt when the child first
@@ -24,15 +31,20 @@ import weakref
 from collections import deque
 from typing import Any
 
+from . import _posix
 from . import pool as _pool
 from .errors import CallbackRaised, JobserverUnavailable, PoolBroken
 from .future import Future
 from .pool import Token, TokenPool
 
-__all__ = ["Engine", "live_engines"]
+__all__ = ["Engine", "live_engines", "running_jobs"]
 
 _MAX_WAIT = (2**31 - 1) / 1000  # poll() takes int milliseconds
 _POLLIN = select.POLLIN
+_sigmask = _posix.sigmask
+_SIG_BLOCK = _posix.SIG_BLOCK
+_SIG_SETMASK = _posix.SIG_SETMASK
+_INTERRUPTS = _posix.INTERRUPTS
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -45,13 +57,37 @@ def live_engines() -> list[Engine]:
     """
     generation = _pool.fork_generation
     return [
-        engine for engine in list(_engines) if engine._generation == generation and engine.running
+        engine
+        for engine in list(_engines)
+        if engine._generation == generation and (engine.running or engine.finishing)
     ]
 
 
+def running_jobs() -> int:
+    """How many jobs this process's Jobservers are running right now."""
+    return sum(len(engine.running) for engine in live_engines())
+
+
+class _WakePipe:
+    """One thread's wake-up pipe: closed when the thread's locals go (it ended)."""
+
+    __slots__ = ("r", "w")
+
+    def __init__(self) -> None:
+        self.r, self.w = _posix.private_pipe()
+
+    def close(self) -> None:
+        r, w = self.r, self.w
+        self.r = self.w = -1
+        _posix.close_quietly(r, w)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Engine:
-    """Per-process bookkeeping of running jobs: which fd to watch for which future,
-    who is waiting, and which callbacks are due. Shared by sibling handles.
+    """Per-process bookkeeping of running jobs: who watches what, who is
+    waiting, and which callbacks are due. One per Jobserver.
 
     Every entry point first calls :meth:`own` (or inlines it): after a fork
     the state is the parent's until then.
@@ -60,30 +96,30 @@ class Engine:
     lock: threading.Lock
     spawn_lock: threading.Lock
     callback_lock: threading.Lock
-    watched: dict[int, Future[Any]]
-    running: set[Future[Any]]
+    running: dict[Future[Any], None]
+    finishing: dict[Future[Any], None]
     due: deque[Future[Any]]
     waiters: set[int]
     local: threading.local
 
     def __init__(self, pool: TokenPool) -> None:
         self.pool = pool
-        # Every thread's wake pipe, so close() (or garbage collection) can close them all.
-        self.wake_fds: list[int] = []
         self._setup()
-        self._finalizer = weakref.finalize(self, _close_all, self.wake_fds)
         _engines.add(self)
 
     def _setup(self) -> None:
         self.lock = threading.Lock()
         self.spawn_lock = threading.Lock()
         self.callback_lock = threading.Lock()
-        self.watched = {}
-        self.running = set()
+        # Insertion-ordered sets: a job is in `running` from its registration
+        # (one C-level store) until it is done, then in `finishing` until its
+        # tokens are back and its callbacks scheduled.
+        self.running = {}
+        self.finishing = {}
         self.due = deque()
         self.waiters = set()
         self.local = threading.local()
-        self._generation = _pool.fork_generation
+        self._generation = _pool.fork_generation  # last: tested without the lock
 
     def own(self) -> None:
         """Make sure the state is this process's, not an ancestor's (see the module doc)."""
@@ -91,39 +127,45 @@ class Engine:
             self._reset_after_fork()
 
     def close(self) -> None:
-        """Close the threads' wake pipes; the engine stays usable (they are remade)."""
+        """Close this thread's wake pipe; the engine stays usable (it is remade).
+
+        Other threads' pipes are theirs until they end: one may be in poll()
+        on its pipe right now, and closing it under that thread would let its
+        number be reused by anybody.
+        """
         self.own()
-        with self.lock:
-            _close_all(self.wake_fds)
-            self.local = threading.local()
+        wake: _WakePipe | None = getattr(self.local, "wake", None)
+        if wake is not None:
+            self.local.wake = None
+            wake.close()
 
     def _reset_after_fork(self) -> None:
         with _pool._fork_lock:
             if self._generation == _pool.fork_generation:
                 return  # another thread of this process got here first
             # The parent's jobs are not ours to reap; their pipes are not ours to read.
-            for future in self.running:
+            for future in [*self.running, *self.finishing]:
                 future._abandon_after_fork()
-            _close_all(self.wake_fds)  # the parent's threads' pipes
             self._setup()  # sets _generation last
 
     # -- registry -------------------------------------------------------------------
 
     def add(self, future: Future[Any]) -> None:
+        """Register a started job: from here on its tokens are the future's."""
         if self._generation != _pool.fork_generation:
             self._reset_after_fork()
-        with self.lock:
-            self.running.add(future)
-            fd = future._watch
-            if fd is not None:
-                self.watched[fd] = future
+        self.running[future] = None
         if self.waiters:
             self._wake_others()
 
+    def owns(self, tokens: list[Token]) -> bool:
+        """True if a registered job holds *tokens* (the list object itself)."""
+        return any(future._tokens is tokens for future in [*self.running, *self.finishing])
+
     def _wake_others(self) -> None:
         """Tell threads blocked in poll() that the set of fds to watch changed."""
-        own = getattr(self.local, "wake", None)
-        own_w = own[1] if own else None
+        own: _WakePipe | None = getattr(self.local, "wake", None)
+        own_w = own.w if own is not None else None
         for fd in list(self.waiters):
             if fd != own_w:
                 try:
@@ -131,58 +173,65 @@ class Engine:
                 except OSError:
                     pass
 
-    def _wake_pipe(self) -> tuple[int, int]:
-        wake: tuple[int, int] | None = getattr(self.local, "wake", None)
+    def _wake_pipe(self) -> _WakePipe:
+        wake: _WakePipe | None = getattr(self.local, "wake", None)
         if wake is None:
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            wake = self.local.wake = (r, w)
-            with self.lock:
-                self.wake_fds.extend(wake)
+            wake = self.local.wake = _WakePipe()
         return wake
 
     # -- progress -------------------------------------------------------------------
 
     def service(self, future: Future[Any]) -> None:
-        """Advance *future* without blocking; on completion return its tokens and
-        schedule its callbacks."""
+        """Advance *future* without blocking; once it is done, finish it."""
         lock = future._lock
         if not lock.acquire(False):
             return  # another thread is advancing it right now
         try:
-            old_fd = future._watch
-            finished = future._advance()
-            new_fd = future._watch
-            if old_fd != new_fd:
-                with self.lock:
-                    watched = self.watched
-                    if old_fd is not None and watched.get(old_fd) is future:
-                        del watched[old_fd]
-                    if new_fd is not None:
-                        watched[new_fd] = future
-                    else:
-                        self.running.discard(future)
-            if not finished:
-                return
-            tokens, future._tokens = future._tokens, []
+            # Reading the result and reaping the process are a few calls each;
+            # a KeyboardInterrupt between two of them would cost the result.
+            old = _sigmask(_SIG_BLOCK, ())
+            try:
+                _sigmask(_SIG_BLOCK, _INTERRUPTS)
+                finished = future._advance()
+                if finished:
+                    self.finishing[future] = None  # before it leaves `running`
+                    self.running.pop(future, None)
+            finally:
+                _sigmask(_SIG_SETMASK, old)
         finally:
             lock.release()
+        if finished:
+            self.finish(future)
+
+    def finish(self, future: Future[Any]) -> None:
+        """Give back a done job's tokens and schedule its callbacks; safe to repeat,
+        also from several threads at once."""
         pool = self.pool
-        for token in tokens:
+        for token in list(future._tokens):
+            if token.released:
+                continue
             try:
                 pool.release(token)
             except PoolBroken as e:
                 warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
-        with lock:
+            except ValueError:
+                # Another thread finishing the same job was first (a token is
+                # given back once, whoever tries), or the pool was closed under
+                # the job by another handle's owner, which gave it back then.
+                if not (token.released or pool.closed):
+                    raise
+        future._tokens = []
+        with future._lock:
             # Callbacks run only once the tokens are back. A when_done() racing
             # with us either lands before this test (and we schedule it) or
             # sees the future settled (and schedules itself).
+            scheduled = future._settled
             future._settled = True
             has_callbacks = bool(future._callbacks)
-        if has_callbacks:
-            with self.lock:
-                self.due.append(future)
+            if has_callbacks and not scheduled:
+                with self.lock:
+                    self.due.append(future)
+        self.finishing.pop(future, None)
         if self.waiters:
             self._wake_others()
 
@@ -192,18 +241,27 @@ class Engine:
         except PoolBroken as e:
             warnings.warn(str(e), JobserverUnavailable, stacklevel=3)
 
+    def _finish_interrupted(self) -> None:
+        """Carry on finishing jobs whose completion an exception interrupted."""
+        for future in list(self.finishing):
+            self.finish(future)
+
     def reclaim(self) -> None:
         """Complete every job that has finished, without blocking."""
         if self._generation != _pool.fork_generation:
             self._reset_after_fork()
-        if self.watched:
+        if self.finishing:
+            self._finish_interrupted()
+        if self.running:
             self.progress(0)
 
     def settle(self) -> None:
         """:meth:`reclaim`, then :meth:`run_callbacks` (what every call does first)."""
         if self._generation != _pool.fork_generation:
             self._reset_after_fork()
-        if self.watched:
+        if self.finishing:
+            self._finish_interrupted()
+        if self.running:
             self.progress(0)
         if self.due:
             self.run_callbacks()
@@ -216,7 +274,9 @@ class Engine:
         """
         if self._generation != _pool.fork_generation:
             self._reset_after_fork()
-        if timeout == 0 and not pool and not self.watched:
+        if self.finishing:
+            self._finish_interrupted()
+        if timeout == 0 and not pool and not self.running:
             return False
         poller = select.poll()
         register = poller.register
@@ -224,51 +284,47 @@ class Engine:
         if pool:
             pool_fd = self.pool.fileno()
             register(pool_fd, _POLLIN)
-        wake_r = wake_w = -1
-        lock = self.lock
+        wake: _WakePipe | None = None
         if timeout != 0:
-            wake = getattr(self.local, "wake", None)
-            wake_r, wake_w = wake if wake is not None else self._wake_pipe()
-            register(wake_r, _POLLIN)
+            wake = self._wake_pipe()
+            register(wake.r, _POLLIN)
             # A waiter first, then the fds: whoever changes the set after our
             # snapshot finds us among the waiters and wakes us.
-            with lock:
-                self.waiters.add(wake_w)
-                fds = list(self.watched)
-        else:
-            with lock:
-                fds = list(self.watched)
-        for fd in fds:
-            register(fd, _POLLIN)
+            self.waiters.add(wake.w)
         try:
+            watched: dict[int, Future[Any]] = {}
+            for future in list(self.running):
+                fd = future._watch
+                if fd is not None:
+                    watched[fd] = future
+                    register(fd, _POLLIN)
             if timeout is None:
                 ms = -1
             else:
                 ms = int(min(max(timeout, 0.0), _MAX_WAIT) * 1000 + 0.999)
             events = poller.poll(ms)
         finally:
-            if wake_w >= 0:
-                with lock:
-                    self.waiters.discard(wake_w)
+            if wake is not None:
+                self.waiters.discard(wake.w)
         pool_ready = False
-        watched = self.watched
         for fd, _mask in events:
-            if fd == wake_r:
+            if wake is not None and fd == wake.r:
                 _drain_wake(fd)
             elif fd == pool_fd:
                 pool_ready = True
             else:
-                future = watched.get(fd)
-                if future is not None:
-                    self.service(future)
+                ready = watched.get(fd)
+                if ready is not None:
+                    self.service(ready)
         return pool_ready
 
     def wait_all(self) -> None:
         self.own()
         while True:
-            with self.lock:
-                if not self.running:
-                    return
+            if self.finishing:
+                self._finish_interrupted()
+            if not self.running:
+                return
             self.progress(None)
 
     # -- callbacks -------------------------------------------------------------------
@@ -325,15 +381,3 @@ def _drain_wake(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _close_all(fds: list[int]) -> None:
-    # Empty the list before closing, for the same reason as Future._advance:
-    # a fork in between must not see numbers that are already reusable.
-    closing = list(fds)
-    fds.clear()
-    for fd in closing:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import stat
 import sys
 import termios
@@ -31,6 +32,7 @@ from .errors import PoolBroken
 
 TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from typing import Any
 
 __all__ = [
@@ -232,6 +234,25 @@ def private_pipe() -> tuple[int, int]:
         close_quietly(r, w)
         raise
     return r, w
+
+
+# -- signals ---------------------------------------------------------------------------
+#
+# The C function (ints in, a set of ints out): signal.pthread_sigmask wraps it and
+# builds a set of Signals enums, which in a freshly forked child is mostly
+# copy-on-write page faults.
+sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
+    sys.modules.get("_signal"), "pthread_sigmask", signal.pthread_sigmask
+)
+SIG_BLOCK = int(signal.SIG_BLOCK)
+SIG_SETMASK = int(signal.SIG_SETMASK)
+#: The signals whose Python handlers raise in the middle of our bookkeeping
+#: (KeyboardInterrupt, or a SIGTERM handler's exception). Held off around the
+#: few sections that must not be split, in this thread: the pattern is
+#: ``old = sigmask(SIG_BLOCK, ())`` (only asks), then ``try: sigmask(SIG_BLOCK,
+#: INTERRUPTS) ... finally: sigmask(SIG_SETMASK, old)``, so that an exception
+#: raised at any point leaves the mask as it was.
+INTERRUPTS = frozenset({int(signal.SIGINT), int(signal.SIGTERM)})
 
 
 # -- moving tokens between pipes -----------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "Blocked",
     "CallbackRaised",
+    "JobStartFailed",
     "JobserverUnavailable",
     "PoolBroken",
     "RemoteTraceback",
@@ -85,6 +86,16 @@ class SubmissionDied(Exception):
         super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode
+
+
+class JobStartFailed(RuntimeError):
+    """A job's process could not be started; nothing was submitted.
+
+    Raised by :meth:`makejobs.Jobserver.submit` when the start method failed
+    (a fork server that died, a process or file limit reached). The slots
+    taken for the job are back. The message says what happened; a fork
+    server that died is replaced on the next submit.
+    """
 
 
 class CallbackRaised(Exception):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -36,10 +37,10 @@ from multiprocessing.context import BaseContext
 from time import monotonic
 from typing import Any, TypeVar, Union
 
-from . import _child, _posix
+from . import _child, _posix, guardian
 from ._engine import Engine
 from ._posix import usable_cpus
-from .errors import Blocked, CallbackRaised, JobserverUnavailable
+from .errors import Blocked, CallbackRaised, JobserverUnavailable, JobStartFailed
 from .future import Future, _check_timeout, _MultiprocessingProcess, _Process
 from .pool import Token, TokenPool
 
@@ -52,15 +53,13 @@ EnvLike = Union[Mapping[str, Union[str, None]], Iterable[tuple[str, Union[str, N
 #: ``sleep_fn=``: None admits now; a number asks again after that many seconds.
 SleepFn = Callable[[], Union[float, int, None]]
 
-_BLOCKED_SIGNALS = {int(signal.SIGINT), int(signal.SIGTERM)}
-_SIG_BLOCK = int(signal.SIG_BLOCK)
-_SIG_SETMASK = int(signal.SIG_SETMASK)
-# The C function (ints in, a set of ints out): signal.pthread_sigmask wraps it and
-# builds a set of Signals enums, which in a freshly forked child is mostly
-# copy-on-write page faults.
-_sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
-    sys.modules.get("_signal"), "pthread_sigmask", signal.pthread_sigmask
-)
+_BLOCKED_SIGNALS = _posix.INTERRUPTS
+_SIG_BLOCK = _posix.SIG_BLOCK
+_SIG_SETMASK = _posix.SIG_SETMASK
+_sigmask = _posix.sigmask
+# Errors multiprocessing lets out when it cannot start a process, its fork
+# server being dead or dying: named for what they mean (see _start).
+_START_ERRORS = (ChildProcessError, EOFError, ConnectionError, FileNotFoundError)
 
 
 def _normalize_env(env: EnvLike | None) -> _child.Env:
@@ -248,10 +247,21 @@ class Jobserver:
         # sleep_fn, one slot, a free slot) takes the short way through.
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        args = tuple(args)
-        kwargs = dict(kwargs) if kwargs is not None else {}
+        args = _check_args(args)
+        if kwargs is None:
+            kwargs = {}
+        elif isinstance(kwargs, Mapping):
+            kwargs = dict(kwargs)
+        else:
+            raise TypeError(f"kwargs must be a mapping, not {type(kwargs).__name__}")
         if isinstance(consume, bool) or not isinstance(consume, int) or consume < 0:
             raise ValueError(f"consume must be a non-negative int, not {consume!r}")
+        slots = self._pool.slots
+        if slots is not None and consume > slots:
+            raise ValueError(
+                f"consume={consume} asks for more slots than the pool has ({slots}):"
+                " the job could never start"
+            )
         if timeout is not None:
             _check_timeout(timeout)
         if self._closed:
@@ -259,20 +269,24 @@ class Jobserver:
         job_env = self._env if env is None else self._env + _normalize_env(env)
         preexec = preexec_fn if preexec_fn is not None else self._preexec_fn
         admit = sleep_fn if sleep_fn is not None else self._sleep_fn
-        token = None
-        if admit is None and consume == 1:
-            self._engine.settle()
-            token = self._pool.try_acquire()
-        if token is not None:
-            tokens = [token]
-        else:
-            deadline = None if timeout is None else monotonic() + timeout
-            tokens = self._admit(consume, admit, deadline, timeout)
+        tokens: list[Token] = []
         try:
+            if admit is None and consume == 1:
+                self._engine.settle()
+                token = self._pool.try_acquire()
+                if token is not None:
+                    tokens.append(token)
+            if len(tokens) < consume:
+                deadline = None if timeout is None else monotonic() + timeout
+                self._admit(tokens, consume, admit, deadline, timeout)
             return self._launch(fn, args, kwargs, job_env, preexec, tokens)
         except BaseException:
-            for token in tokens:
-                self._engine.release(token)
+            # Until a registered job holds them, the tokens are ours to give back;
+            # after, they are its (an interruption may land just after that).
+            if not self._engine.owns(tokens):
+                for token in tokens:
+                    if not token.released:
+                        self._engine.release(token)
             raise
 
     def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -281,42 +295,52 @@ class Jobserver:
 
     def _admit(
         self,
+        tokens: list[Token],
         consume: int,
         sleep_fn: SleepFn | None,
         deadline: float | None,
         timeout: float | None,
-    ) -> list[Token]:
+    ) -> None:
+        """Fill *tokens* with *consume* slots, all at once, waiting as allowed.
+
+        A slot is never held while waiting for more: when not all are free,
+        those taken go back before the wait, so two jobs that each need
+        several slots cannot deadlock, each holding part of what the other
+        needs. The caller gives back what *tokens* holds if this raises.
+        """
         engine = self._engine
         pool = self._pool
-        tokens: list[Token] = []
-        try:
-            while True:
-                engine.reclaim()
-                engine.run_callbacks()
-                delay = None
-                if sleep_fn is not None and not tokens:
-                    delay = _check_sleep_result(sleep_fn())
-                remaining = None if deadline is None else deadline - monotonic()
-                if delay is None:
-                    while len(tokens) < consume:
-                        token = pool.try_acquire()
-                        if token is None:
-                            break
-                        tokens.append(token)
-                    if len(tokens) == consume:
-                        return tokens
-                    if remaining is not None and remaining <= 0:
-                        raise Blocked(f"no free slot within {timeout} s")
-                    engine.progress(remaining, pool=True)
-                else:
-                    if remaining is not None and remaining <= 0:
-                        raise Blocked(f"sleep_fn did not admit the job within {timeout} s")
-                    wait = delay if remaining is None else min(delay, remaining)
-                    engine.progress(wait)
-        except BaseException:
-            for token in tokens:
-                engine.release(token)
-            raise
+        while True:
+            engine.reclaim()
+            engine.run_callbacks()
+            if self._closed:
+                raise RuntimeError("the Jobserver is closed")
+            delay = None
+            if sleep_fn is not None:
+                delay = _check_sleep_result(sleep_fn())
+            remaining = None if deadline is None else deadline - monotonic()
+            if delay is None:
+                if remaining is not None and remaining < 0 and sleep_fn is not None and timeout:
+                    # The criterion answered after the deadline: too late to admit.
+                    raise Blocked(f"sleep_fn did not admit the job within {timeout} s")
+                while len(tokens) < consume:
+                    token = pool.try_acquire()
+                    if token is None:
+                        break
+                    tokens.append(token)
+                if len(tokens) == consume:
+                    return
+                while tokens:
+                    engine.release(tokens.pop())
+                if remaining is not None and remaining <= 0:
+                    raise Blocked(f"no free slot within {timeout} s")
+                engine.progress(remaining, pool=True)
+            else:
+                if remaining is not None and remaining <= delay:
+                    # Asked to ask again only after the deadline: it cannot be admitted.
+                    engine.progress(max(0.0, remaining))
+                    raise Blocked(f"sleep_fn did not admit the job within {timeout} s")
+                engine.progress(delay)
 
     def _exports(self) -> tuple[_child.Exports, _child.EncodedExports]:
         """What a job exports to advertise the pool (as str, and as bytes for
@@ -338,27 +362,54 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None,
         tokens: list[Token],
     ) -> Future[Any]:
+        """Start the job's process and register it, which hands it *tokens*.
+
+        Registration happens under ``spawn_lock``, which :meth:`close` takes
+        too: once close() has it, every job is registered or was never
+        started. SIGINT and SIGTERM are held off in this thread from before
+        the process exists until it is registered, so a KeyboardInterrupt
+        cannot leave a started job unknown (its tokens would go back while it
+        runs); one that arrives meanwhile is raised afterwards, with the job
+        registered and running.
+        """
+        # The guardian first: a forked job inherits the write end of its life
+        # pipe, which is how the guardian knows the job outlived us (if ever).
+        life = guardian.life_fd()
         if self._method == "fork":
             return self._fork(fn, args, kwargs, env, preexec_fn, tokens)
         engine = self._engine
         exports, _encoded = self._exports()
-        r, w = os.pipe()
+        if self._method == "forkserver":
+            # Started here, outside the section below: a process inherits the
+            # signal mask, and the fork server passes it on to every job.
+            _ensure_forkserver()
+        old = _sigmask(_SIG_BLOCK, ())
+        r = w = -1
+        process: _MultiprocessingProcess | None = None
         try:
+            _sigmask(_SIG_BLOCK, _BLOCKED_SIGNALS)
+            r, w = os.pipe()
             with engine.spawn_lock:
-                process = self._start(w, fn, args, kwargs, env, preexec_fn, exports)
+                if self._closed:
+                    raise RuntimeError("the Jobserver is closed")
+                process = self._start(w, life, old, fn, args, kwargs, env, preexec_fn, exports)
                 # Close our copy of the write end before any other job starts,
                 # so end-of-file means exactly "this job's process is done".
                 os.close(w)
                 w = -1
+                os.set_blocking(r, False)
+                future: Future[Any] = Future(engine, process, r, tokens)
+                engine.add(future)
+            return future
         except BaseException:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
+            if process is not None and not engine.owns(tokens):
+                # Never registered: it must not run on tokens about to go back.
+                process.kill(signal.SIGKILL)
+                process.poll(block=True)
+            _posix.close_quietly(*(fd for fd in (r, w) if fd >= 0))
             raise
-        os.set_blocking(r, False)
-        future: Future[Any] = Future(engine, process, r, tokens)
-        engine.add(future)
-        return future
+        finally:
+            _sigmask(_SIG_SETMASK, old)
 
     def _fork(
         self,
@@ -369,7 +420,7 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None,
         tokens: list[Token],
     ) -> Future[Any]:
-        """Fork the job's process and register it.
+        """Fork the job's process and register it (see :meth:`_launch`).
 
         Where the kernel allows (Linux: memfd and pidfd), the child writes its
         frame into a private memfd and the parent waits for its exit, on a
@@ -386,24 +437,28 @@ class Jobserver:
         inherit = self._pool.pass_fds
         in_memory = _memfd_results()
         r = w = m = -1
-        pid = 0
+        # The pid lands here from C: os.fork() is called by a C iterator and its
+        # result stored by deque.extend, with no bytecode in between at which a
+        # signal handler could raise and lose the pid of a running child.
+        box: deque[int] = deque(maxlen=1)
         process: _Process | None = None
         _flush_std_streams()
-        # Hold off SIGINT/SIGTERM until the job is registered: a KeyboardInterrupt
-        # between fork and bookkeeping would orphan a process holding our token.
-        old_mask = _sigmask(_SIG_BLOCK, _BLOCKED_SIGNALS)
+        old = _sigmask(_SIG_BLOCK, ())
         try:
+            _sigmask(_SIG_BLOCK, _BLOCKED_SIGNALS)
             if in_memory:
                 m = os.memfd_create("makejobs-result", _MFD_CLOEXEC)
             r, w = os.pipe()
             with engine.spawn_lock:
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - runs in the child
+                if self._closed:
+                    raise RuntimeError("the Jobserver is closed")
+                box.extend(itertools.islice(iter(os.fork, None), 1))
+                if box[0] == 0:  # pragma: no cover - runs in the child
                     # As little as possible happens here (see _child.run). The
                     # pipe is left for the exit to close, after the flush.
                     code = 1
                     try:
-                        _sigmask(_SIG_SETMASK, old_mask)
+                        _sigmask(_SIG_SETMASK, old)
                         os.close(r)
                         out = m if m >= 0 else w
                         code = _child.run(out, fn, args, kwargs, env, preexec_fn, encoded, inherit)
@@ -414,30 +469,34 @@ class Jobserver:
                 # end-of-file means exactly "this job and what it forked are done".
                 os.close(w)
                 w = -1
-            process = _Process(pid)
-            if in_memory and process.exit_fd() is None:
-                raise OSError("cannot open a pidfd to watch the job's process")
-            os.set_blocking(r, False)
-            future: Future[Any] = Future(engine, process, r, tokens, m if in_memory else None)
-            engine.add(future)
+                process = _Process(box[0])
+                if in_memory and process.exit_fd() is None:
+                    raise OSError("cannot open a pidfd to watch the job's process")
+                os.set_blocking(r, False)
+                future: Future[Any] = Future(engine, process, r, tokens, m if in_memory else None)
+                engine.add(future)
             return future
         except BaseException:
-            if pid:
+            if box and box[0] and not engine.owns(tokens):
                 # Never registered: it must not run on tokens about to go back.
                 with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(box[0], signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+                    os.waitpid(box[0], 0)
                 if process is not None:
                     process.forget_pidfd(close=True)
-            _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
+                _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
+            elif not box:
+                _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
             raise
         finally:
-            _sigmask(_SIG_SETMASK, old_mask)
+            _sigmask(_SIG_SETMASK, old)
 
     def _start(
         self,
         w: int,
+        life: int,
+        mask: set[int],
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -445,19 +504,48 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None,
         exports: _child.Exports,
     ) -> _MultiprocessingProcess:
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=_child.spawned_main,
-            args=(_child.ResultFd(w), fn, args, kwargs, env, preexec_fn, self._pool, exports),
-            name="makejobs-job",
-        )
-        try:
-            process.start()
-        except (pickle.PicklingError, AttributeError, TypeError, ValueError, RecursionError) as e:
-            raise TypeError(
-                f"the job or its arguments cannot be pickled for start method"
-                f" {self._method!r}: {e}"
-            ) from e
-        return _MultiprocessingProcess(process)
+        """Start the job through multiprocessing; a dead fork server is restarted once."""
+        for attempt in (1, 2):
+            process = self._context.Process(  # type: ignore[attr-defined]
+                target=_child.spawned_main,
+                args=(
+                    _child.ResultFd(w),
+                    fn,
+                    args,
+                    kwargs,
+                    env,
+                    preexec_fn,
+                    self._pool,
+                    exports,
+                    None if life < 0 else _child.ResultFd(life),
+                    tuple(mask),
+                ),
+                name="makejobs-job",
+            )
+            try:
+                process.start()
+            except (
+                pickle.PicklingError,
+                AttributeError,
+                TypeError,
+                ValueError,
+                RecursionError,
+            ) as e:
+                raise TypeError(
+                    f"the job or its arguments cannot be pickled for start method"
+                    f" {self._method!r}: {e}"
+                ) from e
+            except _START_ERRORS as e:
+                if attempt == 1 and self._method == "forkserver":
+                    _forget_dead_forkserver()
+                    continue
+                raise JobStartFailed(
+                    f"could not start the job's process with start method {self._method!r}"
+                    f" ({type(e).__name__}: {e}); if the fork server died (a process or file"
+                    " limit, or it was killed), the next submit starts a new one"
+                ) from e
+            return _MultiprocessingProcess(process)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def map(
         self,
@@ -548,17 +636,22 @@ class Jobserver:
         """Wait for every job (or first send SIGTERM with *terminate*), run pending
         callbacks, and close the pool if this Jobserver created it. Idempotent.
 
+        Safe to call while other threads submit: from the moment close()
+        begins no new job starts (such submits raise RuntimeError, their
+        slots given back), and when it returns no job of this Jobserver runs.
         Callback failures found here are turned into :class:`RuntimeWarning`.
         """
-        if self._closed:
-            return
-        self._closed = True
         engine = self._engine
         engine.own()
+        with engine.spawn_lock:
+            already = self._closed
+            self._closed = True
+        if already:
+            engine.wait_all()  # another thread's close() may still be waiting
+            return
+        engine._wake_others()  # submitters waiting for a slot see the close
         if terminate:
-            with engine.lock:
-                running = list(engine.running)
-            for future in running:
+            for future in list(engine.running):
                 future.kill(signal.SIGTERM)
         engine.wait_all()
         while True:
@@ -579,9 +672,9 @@ class Jobserver:
 
     def __repr__(self) -> str:
         self._engine.own()
-        with self._engine.lock:
-            running = len(self._engine.running)
-        return f"<Jobserver {self._method!r} running={running} pool={self._pool!r}>"
+        state = "closed" if self._closed else "open"
+        running = len(self._engine.running)
+        return f"<Jobserver {self._method!r} {state} running={running} pool={self._pool!r}>"
 
     def __reduce__(self) -> Any:
         if self._closed:
@@ -618,6 +711,51 @@ def _run_chunk(
             text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
             return values, _child.attach_traceback(e, text)
     return values, None
+
+
+def _check_args(args: Iterable[Any]) -> tuple[Any, ...]:
+    """*args* as a tuple, refusing what is surely a mistake (a str is not a list of arguments)."""
+    if isinstance(args, tuple):
+        return args
+    if isinstance(args, (str, bytes, bytearray)) or not isinstance(args, Iterable):
+        raise TypeError(
+            f"args must be a tuple (or another iterable) of arguments, not"
+            f" {type(args).__name__} {args!r}: write ({args!r},) for a single argument"
+        )
+    return tuple(args)
+
+
+def _ensure_forkserver() -> None:
+    """Start multiprocessing's fork server now if it is not running (a dead one is replaced)."""
+    from multiprocessing import forkserver
+
+    try:
+        forkserver.ensure_running()
+    except _START_ERRORS:
+        _forget_dead_forkserver()
+        forkserver.ensure_running()
+
+
+def _forget_dead_forkserver() -> None:
+    """Make multiprocessing start a new fork server on next use (the old one died).
+
+    multiprocessing restarts a fork server it can see died (its pid reaped),
+    but not one whose socket is gone or that someone else reaped: then every
+    start fails. Stopping it (which also waits for it) clears that state.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if server is None or stop is None:
+        return
+    try:
+        stop()
+    except (ChildProcessError, OSError):
+        # Already reaped elsewhere: clear what _stop() would have.
+        for name in ("_forkserver_pid", "_forkserver_address", "_forkserver_alive_fd"):
+            if hasattr(server, name):
+                setattr(server, name, None)
 
 
 def _zip_calls(
