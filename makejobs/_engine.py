@@ -29,7 +29,7 @@ from .errors import CallbackRaised, JobserverUnavailable, PoolBroken
 from .future import Future
 from .pool import Token, TokenPool
 
-__all__ = ["Engine", "live_engines"]
+__all__ = ["Engine", "live_engines", "running_jobs"]
 
 _MAX_WAIT = (2**31 - 1) / 1000  # poll() takes int milliseconds
 _POLLIN = select.POLLIN
@@ -47,6 +47,16 @@ def live_engines() -> list[Engine]:
     return [
         engine for engine in list(_engines) if engine._generation == generation and engine.running
     ]
+
+
+def running_jobs() -> int:
+    """How many jobs this process has running now, over all its engines.
+
+    A snapshot read without locks, for admission criteria (see
+    :func:`makejobs.criteria.load_below`). A job that has ended counts until
+    it is reaped, which every submission does before it asks a criterion.
+    """
+    return sum(len(engine.running) for engine in live_engines())
 
 
 class Engine:

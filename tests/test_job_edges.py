@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 
-from makejobs import Jobserver
+from makejobs import Blocked, Jobserver, criteria
 
 METHODS = ["fork", "forkserver", "spawn"]
 
@@ -42,6 +45,11 @@ def identity(x: object) -> object:
     return x
 
 
+def wait_for_release(fd: int) -> int:
+    """Block until the test writes to the pipe *fd* reads from: a job that runs until told."""
+    return len(os.read(fd, 1))
+
+
 # -- item 9 -----------------------------------------------------------------------------------
 
 
@@ -67,3 +75,41 @@ def test_result_raising_a_base_exception_when_unpickled_stays_in_its_future(
         assert pool.implicit_free and pool.held == 0
         assert pool.available() == 1  # every token back, exactly once
     assert pool.closed  # close() went through: the pool the Jobserver created is gone
+
+
+# -- item 15 ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def high_load(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The 1-minute load average stays at 100 for the whole test."""
+    monkeypatch.setattr(criteria, "_load_average", lambda: 100.0)
+    yield
+
+
+def test_load_below_admits_when_nothing_of_ours_runs(high_load: None) -> None:
+    gate = criteria.load_below(4, retry=3)
+    assert gate() is None  # make -l: one job always runs
+    assert criteria.all_of(gate, criteria.load_below(2, retry=5))() is None
+
+
+def test_load_below_waits_while_a_job_of_ours_runs(high_load: None) -> None:
+    gate = criteria.load_below(4, retry=0.05)
+    release_r, release_w = os.pipe()
+    try:
+        with Jobserver("fork", slots=3) as js:
+            first = js.submit(wait_for_release, (release_r,), sleep_fn=gate, timeout=5)
+            # The load is high and one job of ours runs: the next one waits for it.
+            assert gate() == 0.05
+            with pytest.raises(Blocked):
+                js.submit(identity, (2,), sleep_fn=gate, timeout=0.2)
+            assert js.pool.implicit_free is False and js.pool.held == 0
+            os.write(release_w, b"x")
+            # The first job ends while the second waits: it is admitted without the load
+            # ever going down, and well before its deadline.
+            second = js.submit(identity, (2,), sleep_fn=gate, timeout=30)
+            assert first.result(30) == 1 and second.result(30) == 2
+            assert gate() is None
+    finally:
+        os.close(release_r)
+        os.close(release_w)
