@@ -34,8 +34,10 @@ from .errors import PoolBroken
 
 __all__ = [
     "PIPE_CAPACITY_MAX",
+    "NotInherited",
     "Unusable",
     "available_tokens",
+    "check_inherited",
     "close_quietly",
     "combine",
     "describe_mode",
@@ -110,6 +112,38 @@ def _check_fd(fd: int, want_read: bool) -> os.stat_result:
         other = "write-only" if want_read else "read-only"
         raise Unusable(f"the {end} fd {fd} is open {other}: the two fds look swapped or reused")
     return st
+
+
+class NotInherited(Unusable):
+    """An advertised pipe fd is close-on-exec: it is this process's own, not make's."""
+
+
+def check_inherited(read_fd: int, write_fd: int) -> None:
+    """Check that an advertised pipe pool reached this process across exec.
+
+    A descriptor inherited across exec cannot be close-on-exec, and every
+    descriptor Python opens is (PEP 446). So a close-on-exec fd under numbers
+    that the environment advertises was opened by this process itself: make
+    4.3 leaves ``--jobserver-auth=3,4`` in ``MAKEFLAGS`` for a recipe without
+    ``+`` but closes fds 3 and 4, and a program's first ``os.pipe()`` then
+    gets those very numbers. Only for pools named by the environment: a pool
+    this process already holds, or rebuilt from a pickle, is its own on
+    purpose.
+
+    Raises:
+        Unusable: an fd is closed, not a pipe or has the wrong access mode
+            (the checks of :func:`open_pipe_ends`).
+        NotInherited: an fd is close-on-exec.
+    """
+    for fd, want_read in ((read_fd, True), (write_fd, False)):
+        _check_fd(fd, want_read)
+    for fd, end in ((read_fd, "read"), (write_fd, "write")):
+        if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+            raise NotInherited(
+                f"the {end} fd {fd} is close-on-exec, which a descriptor inherited"
+                " across exec never is: this process opened it itself, so the"
+                " advertised numbers are stale and name one of its own files"
+            )
 
 
 def _reopen(fd: int, flags: int) -> int | None:

@@ -91,6 +91,10 @@ _CLOSED_FDS_HINT = (
     " subprocess closes them unless they are in pass_fds (use TokenPool.run()/popen(),"
     " or pass_fds=pool.pass_fds)"
 )
+_OWN_FDS_HINT = (
+    _NO_PLUS_HINT + ". To join a pipe this process made itself on purpose, mark both"
+    " ends inheritable first (os.set_inheritable(fd, True))"
+)
 
 
 _live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
@@ -278,9 +282,9 @@ class TokenPool:
 
         Raises:
             JobserverUnavailable: a pool is advertised but cannot be used: make
-                disabled it (``-2,-2``), its fds are closed or are not pipes, the
-                fifo is missing or stale, or its style is unsupported here. The
-                message says which and what to do.
+                disabled it (``-2,-2``), its fds are closed, are not pipes or are
+                this process's own, the fifo is missing or stale, or its style is
+                unsupported here. The message says which and what to do.
         """
         env = os.environ if environ is None else environ
         for variable in ENVIRON_VARIABLES:
@@ -302,6 +306,12 @@ class TokenPool:
 
         *ledger* is the creator's token ledger directory (``MAKEJOBS_LEDGER``),
         used only if it names this very pool.
+
+        Pipe descriptors that come from the environment must have been
+        inherited across exec, so they cannot be close-on-exec: a close-on-exec
+        descriptor is this process's own, under numbers that make 4.3 left
+        behind after closing its pipe (a recipe without ``+``). A pool this
+        process already holds is returned as it is (see :meth:`from_environ`).
 
         Raises:
             JobserverUnavailable: as for :meth:`from_environ`; also when *flags*
@@ -329,9 +339,13 @@ class TokenPool:
             return shared
         if isinstance(auth, PipeAuth):
             try:
+                _posix.check_inherited(auth.read_fd, auth.write_fd)
                 reader, writer, _private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
             except _posix.Unusable as e:
-                hint = _CLOSED_FDS_HINT if "not open" in str(e) else _NO_PLUS_HINT
+                if isinstance(e, _posix.NotInherited):
+                    hint = _OWN_FDS_HINT
+                else:
+                    hint = _CLOSED_FDS_HINT if "not open" in str(e) else _NO_PLUS_HINT
                 raise JobserverUnavailable(
                     f"cannot use the jobserver pipe {auth.read_fd},{auth.write_fd}: {e}; {hint}",
                     variable=variable,

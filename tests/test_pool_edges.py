@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,10 @@ from typing import Any
 
 import pytest
 
-from makejobs import JobserverUnavailable, TokenPool, _posix
+from makejobs import Jobserver, JobserverUnavailable, TokenPool, _posix
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
 
 LINUX = sys.platform.startswith("linux")
 
@@ -175,3 +179,92 @@ def test_a_live_fifo_still_joins_and_keeps_its_tokens(tmp_path: Path) -> None:
         assert pending(holder) == 2
     finally:
         os.close(holder)
+
+
+# -- item 12: a pipe advertised in the environment was inherited ---------------------------
+
+
+def test_own_pipe_under_advertised_numbers_is_never_joined() -> None:
+    r, w = os.pipe()  # close-on-exec, as every descriptor Python opens (PEP 446)
+    try:
+        os.write(w, b"data")
+        with pytest.raises(JobserverUnavailable, match="close-on-exec") as info:
+            TokenPool.from_makeflags(f" -j4 --jobserver-auth={r},{w}", variable="MAKEFLAGS")
+        message = str(info.value)
+        assert f"the read fd {r} is close-on-exec" in message
+        assert "lacks '+'" in message and "os.set_inheritable(fd, True)" in message
+        assert pending(r) == 4  # nothing was taken as a token
+        assert os.get_inheritable(r) is False and os.get_inheritable(w) is False
+        # Marked inheritable on purpose, the same pipe is a pool.
+        os.set_inheritable(r, True)
+        os.set_inheritable(w, True)
+        pool = TokenPool.from_makeflags(f" -j4 --jobserver-auth={r},{w}")
+        with pool, pool.acquire(0), pool.acquire(0) as token:
+            assert token.byte == b"d"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# What make 4.3 does to a recipe without '+': the numbers stay in MAKEFLAGS, the fds are
+# closed, so the program's first pipe gets them.
+FIRST_PIPE = """
+import os, sys
+from makejobs import JobserverUnavailable, TokenPool
+r, w = os.pipe()
+assert (r, w) == (3, 4), (r, w)
+os.write(w, b"12345")
+try:
+    TokenPool.from_environ()
+except JobserverUnavailable as e:
+    print("refused:", e)
+else:
+    print("joined its own pipe")
+print("left:", len(os.read(r, 100)))
+"""
+
+
+def test_first_pipe_of_a_program_under_stale_makeflags_is_not_a_pool() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CARGO_MAKEFLAGS", "MFLAGS")}
+    env["MAKEFLAGS"] = " -j4 --jobserver-auth=3,4"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [PY, "-c", FIRST_PIPE],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: MAKEFLAGS: cannot use the jobserver pipe 3,4" in proc.stdout, proc.stdout
+    assert "close-on-exec" in proc.stdout and "left: 5" in proc.stdout, proc.stdout
+
+
+def test_a_pool_this_process_holds_is_rejoined_through_its_own_fds() -> None:
+    # The pool's fds are close-on-exec here; joining what it exports finds the same handle.
+    with TokenPool.create(3) as pool:
+        assert not os.get_inheritable(pool.auth.read_fd)  # type: ignore[union-attr]
+        joined = TokenPool.from_environ(pool.environ({}))
+        assert joined is pool
+        joined.close()
+        assert not pool.closed
+
+
+def report_join() -> tuple[str | None, int | None]:
+    """In a job: join the pool the job's environment advertises."""
+    pool = TokenPool.from_environ()
+    assert pool is not None
+    try:
+        return pool.variable, pool.slots
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_jobs_join_the_pool_they_run_on(method: str) -> None:
+    # spawn: the pool is rebuilt from a pickle on fds the child set close-on-exec itself.
+    with Jobserver(method, slots=3) as js:
+        variable, slots = js.submit(report_join).result(60)
+    assert slots == 3 and variable is None  # the job's own handle (a fresh join would say)
