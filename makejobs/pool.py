@@ -36,7 +36,8 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from time import monotonic
 
-from . import _posix
+from . import _advertised, _posix
+from ._advertised import Advertised
 from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
 from .ledger import LEDGER_VARIABLE, Ledger, Record
 from .protocol import (
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 
     from .process import JobPopen
 
-__all__ = ["ENVIRON_VARIABLES", "Style", "Token", "TokenPool"]
+__all__ = ["ENVIRON_VARIABLES", "Advertised", "Style", "Token", "TokenPool", "choose_advertised"]
 
 if TYPE_CHECKING:
     #: How a pool is shared: an anonymous pipe or a named fifo.
@@ -75,9 +76,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: Where a pool is looked for, in order (as jobserver-rs does, but falling
-#: through a variable that advertises no pool).
-ENVIRON_VARIABLES = ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS")
+#: Where a pool is looked for, in order of preference (see choose_advertised).
+ENVIRON_VARIABLES = _advertised.ORDER
 
 #: The byte a pool we create is filled with; make writes '+' too.
 TOKEN_BYTE = b"+"
@@ -95,6 +95,21 @@ _OWN_FDS_HINT = (
     _NO_PLUS_HINT + ". To join a pipe this process made itself on purpose, mark both"
     " ends inheritable first (os.set_inheritable(fd, True))"
 )
+
+
+def choose_advertised(environ: Mapping[str, str] | None = None) -> Advertised:
+    """Which pool :meth:`TokenPool.from_environ` joins for *environ*, and why.
+
+    ``MAKEFLAGS`` is preferred, then ``CARGO_MAKEFLAGS``, then ``MFLAGS``, and
+    a variable whose pool cannot be used never hides a usable one (the rule
+    and why: :mod:`makejobs._advertised`). Finding out whether a pool can be
+    used means joining it: each is joined and closed again here, so no token
+    is taken and a handle this process already holds stays open.
+    """
+    pool, choice = TokenPool._join_advertised(os.environ if environ is None else environ)
+    if pool is not None:
+        pool.close()
+    return choice
 
 
 _live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
@@ -270,8 +285,11 @@ class TokenPool:
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TokenPool | None:
         """Join the pool advertised by the environment, if any.
 
-        Looks at ``CARGO_MAKEFLAGS``, ``MAKEFLAGS`` and ``MFLAGS`` in that order
-        and uses the first one that mentions a jobserver.
+        Prefers ``MAKEFLAGS`` (the variable every make rewrites for its children,
+        and the one make and ninja read), then ``CARGO_MAKEFLAGS`` (a build script
+        that cargo started), then ``MFLAGS``. A variable whose pool cannot be
+        used never hides a usable pool in another; :func:`choose_advertised`
+        says which one is joined and why.
 
         Returns:
             The joined pool, or None when no variable advertises one (this
@@ -281,22 +299,26 @@ class TokenPool:
             process never gets two implicit slots.
 
         Raises:
-            JobserverUnavailable: a pool is advertised but cannot be used: make
+            JobserverUnavailable: pools are advertised but none can be used: make
                 disabled it (``-2,-2``), its fds are closed, are not pipes or are
                 this process's own, the fifo is missing or stale, or its style is
-                unsupported here. The message says which and what to do.
+                unsupported here. The error is that of the preferred variable
+                (naming the others); the message says what to do.
         """
-        env = os.environ if environ is None else environ
-        for variable in ENVIRON_VARIABLES:
-            value = env.get(variable)
-            if not value:
-                continue
-            flags = parse_makeflags(value)
-            if flags.advertises_pool():
-                return cls.from_makeflags(
-                    flags, variable=variable, ledger=env.get(LEDGER_VARIABLE) or None
-                )
-        return None
+        pool, choice = cls._join_advertised(os.environ if environ is None else environ)
+        if choice.error is not None:
+            raise choice.error
+        return pool
+
+    @classmethod
+    def _join_advertised(cls, env: Mapping[str, str]) -> tuple[TokenPool | None, Advertised]:
+        """Join the pool *env* advertises (see :mod:`makejobs._advertised`); and the choice."""
+        ledger = env.get(LEDGER_VARIABLE) or None
+
+        def join(flags: MakeFlags, variable: str) -> TokenPool:
+            return cls.from_makeflags(flags, variable=variable, ledger=ledger)
+
+        return _advertised.choose(env, join)
 
     @classmethod
     def from_makeflags(

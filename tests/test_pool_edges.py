@@ -16,17 +16,22 @@ The real make/cargo chains are in integration/test_pool_choice.py.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from inherited import closed_fd_pair, inherited_pipe
 from makejobs import Jobserver, JobserverUnavailable, TokenPool, _posix
+from makejobs.pool import choose_advertised
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -268,3 +273,175 @@ def test_jobs_join_the_pool_they_run_on(method: str) -> None:
     with Jobserver(method, slots=3) as js:
         variable, slots = js.submit(report_join).result(60)
     assert slots == 3 and variable is None  # the job's own handle (a fresh join would say)
+
+
+# -- item 13: which pool ------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_pools() -> Iterator[tuple[str, str, int, int]]:
+    """Two inherited-looking pipe pools: MAKEFLAGS-style text for each, and their read ends.
+
+    The first holds 'm' tokens (make's -j3), the second 'c' tokens (cargo's -j8).
+    """
+    mr, mw = inherited_pipe(b"mm")
+    cr, cw = inherited_pipe(b"ccccccc")
+    yield f" -j3 --jobserver-auth={mr},{mw}", f"-j --jobserver-auth={cr},{cw}", mr, cr
+    _posix.close_quietly(mr, mw, cr, cw)
+
+
+def _token_byte(env: dict[str, str]) -> tuple[str | None, bytes | None]:
+    """Join *env*'s pool; the variable it came from and the byte of one real token."""
+    pool = TokenPool.from_environ(env)
+    assert pool is not None
+    with pool, pool.acquire(0), pool.acquire(0) as token:
+        return pool.variable, token.byte
+
+
+def test_makeflags_is_preferred_over_cargo_makeflags(two_pools: tuple[str, str, int, int]) -> None:
+    make, cargo, _mr, _cr = two_pools
+    env = {"MAKEFLAGS": make, "CARGO_MAKEFLAGS": cargo, "MFLAGS": "-" + make.strip()}
+    assert _token_byte(env) == ("MAKEFLAGS", b"m")
+    choice = choose_advertised(env)
+    assert choice.variable == "MAKEFLAGS" and choice.usable and choice.rejected == ()
+    assert "make and ninja read it" in choice.reason
+    # CARGO_MAKEFLAGS, then MFLAGS, when MAKEFLAGS advertises nothing.
+    assert _token_byte({"MAKEFLAGS": "s -j", "CARGO_MAKEFLAGS": cargo}) == (
+        "CARGO_MAKEFLAGS",
+        b"c",
+    )
+    assert "MAKEFLAGS advertises no pool" in choose_advertised({"CARGO_MAKEFLAGS": cargo}).reason
+    assert _token_byte({"MFLAGS": "-" + make.strip()}) == ("MFLAGS", b"m")
+
+
+STALE = [
+    pytest.param(lambda: "-j8 --jobserver-auth={},{}".format(*closed_fd_pair()), id="closed"),
+    pytest.param(lambda: " -j4 --jobserver-auth=3,4 --jobserver-auth=-2,-2", id="disabled"),
+    pytest.param(lambda: "-j4 --jobserver-auth=fifo:/nonexistent/GMfifo9", id="missing-fifo"),
+    pytest.param(lambda: "-j4 --jobserver-auth=gmake_semaphore_1", id="unsupported"),
+]
+
+
+@pytest.mark.parametrize("stale", STALE)
+def test_an_unusable_pool_never_hides_a_usable_one(
+    two_pools: tuple[str, str, int, int], stale: Callable[[], str]
+) -> None:
+    make, cargo, _mr, _cr = two_pools
+    bad = stale()
+    # A stale CARGO_MAKEFLAGS is not even looked at when MAKEFLAGS is usable.
+    assert _token_byte({"MAKEFLAGS": make, "CARGO_MAKEFLAGS": bad}) == ("MAKEFLAGS", b"m")
+    # An unusable MAKEFLAGS (make 4.3 or 4.4 without '+') falls through to cargo's pool.
+    env = {"MAKEFLAGS": bad, "CARGO_MAKEFLAGS": cargo}
+    assert _token_byte(env) == ("CARGO_MAKEFLAGS", b"c")
+    choice = choose_advertised(env)
+    assert choice.variable == "CARGO_MAKEFLAGS" and choice.usable
+    assert [name for name, _ in choice.rejected] == ["MAKEFLAGS"]
+    assert "the pool in MAKEFLAGS cannot be used" in choice.reason
+    assert "never hides a usable one" in choice.reason
+
+
+def test_when_no_pool_can_be_used_the_preferred_ones_error_is_raised() -> None:
+    r, w = closed_fd_pair()
+    env = {
+        "MAKEFLAGS": f" -j2 --jobserver-auth={r},{w}",
+        "CARGO_MAKEFLAGS": "-j --jobserver-auth=-2,-2",
+    }
+    with pytest.raises(JobserverUnavailable) as info:
+        TokenPool.from_environ(env)
+    assert info.value.variable == "MAKEFLAGS"
+    assert info.value.reason.startswith(f"cannot use the jobserver pipe {r},{w}: the read fd")
+    assert "CARGO_MAKEFLAGS: make disabled the jobserver" in info.value.reason
+    choice = choose_advertised(env)
+    assert choice.variable == "MAKEFLAGS" and not choice.usable and choice.error is not None
+    assert [name for name, _ in choice.rejected] == ["CARGO_MAKEFLAGS"]
+    nothing = choose_advertised({"MAKEFLAGS": "s -j1", "PATH": "/bin"})
+    assert nothing.variable is None and not nothing.usable and nothing.error is None
+    assert TokenPool.from_environ({"MAKEFLAGS": "s -j1"}) is None
+
+
+def test_choosing_takes_no_token_and_keeps_a_held_handle(
+    two_pools: tuple[str, str, int, int],
+) -> None:
+    make, cargo, mr, cr = two_pools
+    held = TokenPool.from_environ({"MAKEFLAGS": make})
+    assert held is not None
+    try:
+        choice = choose_advertised({"MAKEFLAGS": make, "CARGO_MAKEFLAGS": cargo})
+        assert choice.variable == "MAKEFLAGS" and not held.closed
+        assert pending(mr) == 2 and pending(cr) == 7
+    finally:
+        held.close()
+    assert held.closed
+
+
+def stamp() -> tuple[int, int]:
+    """A job: its span on the machine-wide clock."""
+    start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    time.sleep(0.3)
+    return start, time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def peak(spans: list[tuple[int, int]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, 0) for _, e in spans])
+    level = top = 0
+    for _, starts in events:  # an end sorts before a start at the same instant
+        level += 1 if starts else -1
+        top = max(top, level)
+    return top
+
+
+def test_jobserver_under_a_stale_cargo_makeflags_runs_on_the_makeflags_pool(
+    two_pools: tuple[str, str, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make, _cargo, mr, _cr = two_pools
+    monkeypatch.setenv("MAKEFLAGS", make)
+    monkeypatch.setenv("CARGO_MAKEFLAGS", "-j8 --jobserver-auth={},{}".format(*closed_fd_pair()))
+    monkeypatch.delenv("MFLAGS", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JobserverUnavailable)  # no fall back to one at a time
+        with Jobserver("fork") as js:
+            assert js.pool.variable == "MAKEFLAGS" and js.pool.slots == 3
+            spans = [f.result(30) for f in [js.submit(stamp) for _ in range(3)]]
+    assert peak(spans) == 3  # the implicit slot and make's two tokens, at once
+    assert pending(mr) == 2
+
+
+def test_status_says_which_variable_was_chosen_and_why(
+    two_pools: tuple[str, str, int, int],
+) -> None:
+    make, _cargo, mr, _cr = two_pools
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["MAKEFLAGS"] = make
+    env["CARGO_MAKEFLAGS"] = "-j8 --jobserver-auth={},{}".format(*closed_fd_pair())
+    mw = int(make.rsplit(",", 1)[1])
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "makejobs", "status", *args],
+            env=env,
+            pass_fds=(mr, mw),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    text = status()
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "jobserver: usable" in text.stdout and "variable:   MAKEFLAGS=" in text.stdout
+    assert "chosen:     MAKEFLAGS: it comes first" in text.stdout, text.stdout
+    assert "'+'" not in text.stdout, text.stdout  # nobody blames a '+' that is there
+    report = json.loads(status("--json").stdout)
+    assert report["usable"] and report["variable"] == "MAKEFLAGS"
+    assert report["choice"]["reason"].startswith("MAKEFLAGS: it comes first")
+    assert report["choice"]["rejected"] == []
+    # Unusable MAKEFLAGS, usable CARGO_MAKEFLAGS: the reason names what was passed over.
+    env["CARGO_MAKEFLAGS"], env["MAKEFLAGS"] = make, "s -j2 --jobserver-auth=-2,-2"
+    report = json.loads(status("--json").stdout)
+    assert report["usable"] and report["variable"] == "CARGO_MAKEFLAGS"
+    assert report["choice"]["rejected"][0][0] == "MAKEFLAGS"
+    assert "the pool in MAKEFLAGS cannot be used" in report["choice"]["reason"]
