@@ -187,12 +187,12 @@ def open_fifo_ends(path: str) -> tuple[int, int]:
     """Open our own non-blocking read and write ends of the fifo at *path*.
 
     Only a fifo is a pool. *path* is checked with ``stat`` before anything opens
-    it, because opening can have effects of its own (a device may start doing
-    something; ``/dev/kmsg`` takes what is written as log lines, ``/dev/random``
-    would hand out endless "tokens"). Character devices are refused too, even
-    though ninja and LLVM accept them as emulated fifos (CUSE): nothing tells
-    such a device from ``/dev/random`` without opening it, and the jobserver
-    protocol names a fifo.
+    it: opening a device can have effects of its own (a watchdog is armed, a
+    tape rewinds), and reading or writing one certainly does (``/dev/random``
+    hands out endless "tokens", ``/dev/kmsg`` logs what is written to it).
+    Character devices are refused even though ninja and LLVM accept them as
+    emulated fifos (CUSE): nothing tells one from ``/dev/random`` without
+    opening it, and the jobserver protocol names a fifo.
 
     The write end is opened first: with ``O_NONBLOCK`` that fails with ``ENXIO``
     when no process has the fifo open for reading, i.e. the make that created
