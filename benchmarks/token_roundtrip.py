@@ -104,6 +104,10 @@ class Case:
 def _token_pipe() -> Iterator[tuple[int, int]]:
     """An ``os.pipe`` holding TOKENS token bytes, as a parent make would set it up."""
     r, w = os.pipe()
+    # Inheritable, as make's pipe is in its child: makejobs refuses to join an
+    # advertised pipe that is close-on-exec (this process's own).
+    os.set_inheritable(r, True)
+    os.set_inheritable(w, True)
     try:
         os.write(w, b"+" * TOKENS)
         yield r, w

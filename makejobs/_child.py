@@ -388,8 +388,14 @@ def frame_complete(data: bytes | bytearray) -> bool:
 def decode_frame(data: bytes | bytearray) -> tuple[str, Any]:
     """The ``(kind, payload)`` of everything the job wrote to its result fd.
 
-    A missing or short frame (the process died first) is ``(LOST, None)``; a
-    body that cannot be unpickled here is reported as a RuntimeError outcome.
+    A missing or short frame (the process died first) is ``(LOST, None)``. A
+    body that cannot be unpickled here is a ``RAISED`` outcome, so that it
+    reaches the job's own ``result()`` and nothing else: an Exception as a
+    RuntimeError that says so, and any other BaseException (a ``__setstate__``
+    raising KeyboardInterrupt or SystemExit) as itself. Raised from here, it
+    would escape from whichever call happened to complete the job (a submit, a
+    wait on another job, close) with the job half done, and from every later
+    call that tried again.
     """
     size = HEADER.size
     if len(data) < size or HEADER.unpack_from(data)[0] != len(data) - size:
@@ -401,6 +407,8 @@ def decode_frame(data: bytes | bytearray) -> tuple[str, Any]:
         kind, payload = pickle.loads(body)
     except Exception as e:
         return RAISED, (RuntimeError(f"the job's result could not be unpickled here: {e!r}"), None)
+    except BaseException as e:
+        return RAISED, (e, None)
     return kind, payload
 
 

@@ -64,7 +64,12 @@ def live_engines() -> list[Engine]:
 
 
 def running_jobs() -> int:
-    """How many jobs this process's Jobservers are running right now."""
+    """How many jobs this process has running now, over all its engines.
+
+    A snapshot read without locks, for admission criteria (see
+    :func:`makejobs.criteria.load_below`). A job that has ended counts until
+    it is reaped, which every submission does before it asks a criterion.
+    """
     return sum(len(engine.running) for engine in live_engines())
 
 

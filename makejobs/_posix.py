@@ -10,6 +10,9 @@ apart from the pool logic so that the platform rules live in one place:
 * A fifo is never opened with a blocking ``O_RDONLY``: a stale fifo (nobody
   holds it open) would hang that call forever. We open the write end first,
   non-blocking, which fails with ``ENXIO`` exactly when the fifo is stale.
+* Only a fifo or a pipe is a pool. A fifo path is checked before it is opened
+  (opening a device can have effects) and each opened end again with
+  ``fstat`` before it is read or written (the path may have been swapped).
 * Every descriptor we open is close-on-exec; children get pool fds only when
   they are handed over explicitly (``pass_fds``).
 * ``os.read``/``os.write``/``poll`` already retry ``EINTR`` (PEP 475);
@@ -37,8 +40,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PIPE_CAPACITY_MAX",
+    "NotInherited",
     "Unusable",
     "available_tokens",
+    "check_inherited",
     "close_quietly",
     "combine",
     "describe_mode",
@@ -60,6 +65,7 @@ __all__ = [
 ]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOCTTY = getattr(os, "O_NOCTTY", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _LINUX = sys.platform.startswith("linux")
@@ -116,6 +122,38 @@ def _check_fd(fd: int, want_read: bool) -> os.stat_result:
     return st
 
 
+class NotInherited(Unusable):
+    """An advertised pipe fd is close-on-exec: it is this process's own, not make's."""
+
+
+def check_inherited(read_fd: int, write_fd: int) -> None:
+    """Check that an advertised pipe pool reached this process across exec.
+
+    A descriptor inherited across exec cannot be close-on-exec, and every
+    descriptor Python opens is (PEP 446). So a close-on-exec fd under numbers
+    that the environment advertises was opened by this process itself: make
+    4.3 leaves ``--jobserver-auth=3,4`` in ``MAKEFLAGS`` for a recipe without
+    ``+`` but closes fds 3 and 4, and a program's first ``os.pipe()`` then
+    gets those very numbers. Only for pools named by the environment: a pool
+    this process already holds, or rebuilt from a pickle, is its own on
+    purpose.
+
+    Raises:
+        Unusable: an fd is closed, not a pipe or has the wrong access mode
+            (the checks of :func:`open_pipe_ends`).
+        NotInherited: an fd is close-on-exec.
+    """
+    for fd, want_read in ((read_fd, True), (write_fd, False)):
+        _check_fd(fd, want_read)
+    for fd, end in ((read_fd, "read"), (write_fd, "write")):
+        if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+            raise NotInherited(
+                f"the {end} fd {fd} is close-on-exec, which a descriptor inherited"
+                " across exec never is: this process opened it itself, so the"
+                " advertised numbers are stale and name one of its own files"
+            )
+
+
 def _reopen(fd: int, flags: int) -> int | None:
     """Open a private description of *fd* (Linux ``/proc``); None if impossible."""
     if not _LINUX:
@@ -156,9 +194,24 @@ def open_pipe_ends(read_fd: int, write_fd: int) -> tuple[int, int, bool]:
 def open_fifo_ends(path: str) -> tuple[int, int]:
     """Open our own non-blocking read and write ends of the fifo at *path*.
 
+    Only a fifo is a pool. *path* is checked with ``stat`` before anything opens
+    it: opening a device can have effects of its own (a watchdog is armed, a
+    tape rewinds), and reading or writing one certainly does (``/dev/random``
+    hands out endless "tokens", ``/dev/kmsg`` logs what is written to it).
+    Character devices are refused even though ninja and LLVM accept them as
+    emulated fifos (CUSE): nothing tells one from ``/dev/random`` without
+    opening it, and the jobserver protocol names a fifo.
+
     The write end is opened first: with ``O_NONBLOCK`` that fails with ``ENXIO``
     when no process has the fifo open for reading, i.e. the make that created
-    it is gone. A blocking ``O_RDONLY`` open would hang forever instead.
+    it is gone. A blocking ``O_RDONLY`` open would hang forever instead. Each
+    open is non-blocking and followed by ``fstat``, before anything is read or
+    written, so a path swapped for something else after the check (or between
+    the two opens) is refused too.
+
+    Raises:
+        Unusable: the path is missing, not a fifo, stale, cannot be opened, or
+            changed while it was being opened.
     """
     try:
         st = os.stat(path)
@@ -170,47 +223,53 @@ def open_fifo_ends(path: str) -> tuple[int, int]:
         ) from None
     except OSError as e:
         raise Unusable(f"cannot inspect the fifo {path!r}: {e.strerror}") from None
-    # Emulated fifos (CUSE) are character devices; ninja and LLVM accept them too.
-    if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
-        raise Unusable(f"{path!r} is {describe_mode(st.st_mode)}, not a fifo")
+    if not stat.S_ISFIFO(st.st_mode):
+        raise Unusable(
+            f"{path!r} is {describe_mode(st.st_mode)}, not a fifo; only a fifo is"
+            " a jobserver pool, so it was not opened"
+        )
+    writer = _open_fifo_end(path, os.O_WRONLY, st)
     try:
-        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | _CLOEXEC)
+        reader = _open_fifo_end(path, os.O_RDONLY, st)
+    except BaseException:
+        os.close(writer)
+        raise
+    return reader, writer
+
+
+def _open_fifo_end(path: str, access: int, expected: os.stat_result) -> int:
+    """Open one end of the fifo *path*, which ``stat`` found to be *expected*.
+
+    Non-blocking (an open never waits for a peer, and the check below comes
+    before any read or write) and without becoming our controlling terminal,
+    whatever the path names by now.
+    """
+    end = "writing" if access == os.O_WRONLY else "reading"
+    try:
+        fd = os.open(path, access | os.O_NONBLOCK | _NOCTTY | _CLOEXEC)
     except OSError as e:
-        if e.errno == errno.ENXIO:
+        if e.errno == errno.ENXIO and access == os.O_WRONLY:
             raise Unusable(
                 f"the fifo {path!r} is stale: no process has it open, so the make"
                 " that created it has exited (or was killed and left it behind)"
             ) from None
-        raise Unusable(f"cannot open the fifo {path!r} for writing: {e.strerror}") from None
+        raise Unusable(f"cannot open the fifo {path!r} for {end}: {e.strerror}") from None
     try:
-        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+        st = os.fstat(fd)
     except OSError as e:
-        os.close(writer)
-        raise Unusable(f"cannot open the fifo {path!r} for reading: {e.strerror}") from None
-    if stat.S_ISCHR(st.st_mode) and not _pollable_token_source(reader):
-        close_quietly(reader, writer)
+        os.close(fd)
+        raise Unusable(f"cannot inspect the fifo {path!r}: {e.strerror}") from None
+    if not stat.S_ISFIFO(st.st_mode) or (st.st_dev, st.st_ino) != (
+        expected.st_dev,
+        expected.st_ino,
+    ):
+        os.close(fd)
+        now = "another fifo" if stat.S_ISFIFO(st.st_mode) else describe_mode(st.st_mode)
         raise Unusable(
-            f"{path!r} is {describe_mode(st.st_mode)} that is a terminal or cannot be"
-            " polled, not a fifo; it must never be read as a jobserver"
+            f"{path!r} changed while it was being opened: it is {now} now, not the"
+            " fifo that was checked; nothing was read from it or written to it"
         )
-    return reader, writer
-
-
-def _pollable_token_source(fd: int) -> bool:
-    """A character device may stand in for a fifo (CUSE) only if it is no
-    terminal and epoll can watch it (/dev/null and /dev/zero cannot)."""
-    if os.isatty(fd):
-        return False
-    if not hasattr(select, "epoll"):
-        return True
-    probe = select.epoll()
-    try:
-        probe.register(fd, select.EPOLLIN)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    return fd
 
 
 def open_new_fifo_ends(path: str) -> tuple[int, int]:

@@ -28,6 +28,8 @@ from collections.abc import Callable
 
 import psutil
 
+from ._engine import running_jobs
+
 __all__ = ["Criterion", "all_of", "load_below", "memory_available", "parse_size"]
 
 #: The protocol: None admits now, a number asks again after that many seconds.
@@ -93,14 +95,21 @@ def memory_available(at_least: int | float | str, *, retry: float = 0.5) -> Crit
 def load_below(limit: float, *, retry: float = 1.0) -> Criterion:
     """Admit while the 1-minute load average is below *limit*, like ``make -l``.
 
-    Otherwise ask again after *retry* seconds (make waits one second too).
+    Otherwise ask again after *retry* seconds (make waits one second too),
+    except when no job of this process is running: then admit anyway, as
+    ``make -l`` always lets one job run. The load may be somebody else's, and
+    waiting for it to fall with nothing of ours running could wait forever
+    without lowering it. "This process" counts the jobs of every Jobserver
+    in it; a job that runs a Jobserver of its own counts only its own jobs.
     """
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
         raise ValueError(f"limit must be a positive number, not {limit!r}")
     _check_retry(retry)
 
     def criterion() -> float | None:
-        return None if _load_average() < limit else retry
+        if _load_average() < limit or running_jobs() == 0:
+            return None
+        return retry
 
     criterion.__qualname__ = f"load_below({limit!r})"
     return criterion

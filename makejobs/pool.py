@@ -44,7 +44,8 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from time import monotonic
 
-from . import _posix
+from . import _advertised, _posix
+from ._advertised import Advertised
 from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
 from .ledger import LEDGER_VARIABLE, Ledger, Record
 from .protocol import (
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
 
     from .process import JobPopen
 
-__all__ = ["ENVIRON_VARIABLES", "Style", "Token", "TokenPool"]
+__all__ = ["ENVIRON_VARIABLES", "Advertised", "Style", "Token", "TokenPool", "choose_advertised"]
 
 if TYPE_CHECKING:
     #: How a pool is shared: an anonymous pipe or a named fifo.
@@ -83,9 +84,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: Where a pool is looked for, in order (as jobserver-rs does, but falling
-#: through a variable that advertises no pool).
-ENVIRON_VARIABLES = ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS")
+#: Where a pool is looked for, in order of preference (see choose_advertised).
+ENVIRON_VARIABLES = _advertised.ORDER
 
 #: The byte a pool we create is filled with; make writes '+' too.
 TOKEN_BYTE = b"+"
@@ -99,6 +99,25 @@ _CLOSED_FDS_HINT = (
     " subprocess closes them unless they are in pass_fds (use TokenPool.run()/popen(),"
     " or pass_fds=pool.pass_fds)"
 )
+_OWN_FDS_HINT = (
+    _NO_PLUS_HINT + ". To join a pipe this process made itself on purpose, mark both"
+    " ends inheritable first (os.set_inheritable(fd, True))"
+)
+
+
+def choose_advertised(environ: Mapping[str, str] | None = None) -> Advertised:
+    """Which pool :meth:`TokenPool.from_environ` joins for *environ*, and why.
+
+    ``MAKEFLAGS`` is preferred, then ``CARGO_MAKEFLAGS``, then ``MFLAGS``, and
+    a variable whose pool cannot be used never hides a usable one (the rule
+    and why: :mod:`makejobs._advertised`). Finding out whether a pool can be
+    used means joining it: each is joined and closed again here, so no token
+    is taken and a handle this process already holds stays open.
+    """
+    pool, choice = TokenPool._join_advertised(os.environ if environ is None else environ)
+    if pool is not None:
+        pool.close()
+    return choice
 
 
 # -- fork ------------------------------------------------------------------------------
@@ -586,8 +605,11 @@ class TokenPool:
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TokenPool | None:
         """Join the pool advertised by the environment, if any.
 
-        Looks at ``CARGO_MAKEFLAGS``, ``MAKEFLAGS`` and ``MFLAGS`` in that order
-        and uses the first one that mentions a jobserver.
+        Prefers ``MAKEFLAGS`` (the variable every make rewrites for its children,
+        and the one make and ninja read), then ``CARGO_MAKEFLAGS`` (a build script
+        that cargo started), then ``MFLAGS``. A variable whose pool cannot be
+        used never hides a usable pool in another; :func:`choose_advertised`
+        says which one is joined and why.
 
         Returns:
             The joined pool, or None when no variable advertises one (this
@@ -597,22 +619,26 @@ class TokenPool:
             either handle leaves the other open.
 
         Raises:
-            JobserverUnavailable: a pool is advertised but cannot be used: make
-                disabled it (``-2,-2``), its fds are closed or are not pipes, the
-                fifo is missing or stale, or its style is unsupported here. The
-                message says which and what to do.
+            JobserverUnavailable: pools are advertised but none can be used: make
+                disabled it (``-2,-2``), its fds are closed, are not pipes or are
+                this process's own, the fifo is missing or stale, or its style is
+                unsupported here. The error is that of the preferred variable
+                (naming the others); the message says what to do.
         """
-        env = os.environ if environ is None else environ
-        for variable in ENVIRON_VARIABLES:
-            value = env.get(variable)
-            if not value:
-                continue
-            flags = parse_makeflags(value)
-            if flags.advertises_pool():
-                return cls.from_makeflags(
-                    flags, variable=variable, ledger=env.get(LEDGER_VARIABLE) or None
-                )
-        return None
+        pool, choice = cls._join_advertised(os.environ if environ is None else environ)
+        if choice.error is not None:
+            raise choice.error
+        return pool
+
+    @classmethod
+    def _join_advertised(cls, env: Mapping[str, str]) -> tuple[TokenPool | None, Advertised]:
+        """Join the pool *env* advertises (see :mod:`makejobs._advertised`); and the choice."""
+        ledger = env.get(LEDGER_VARIABLE) or None
+
+        def join(flags: MakeFlags, variable: str) -> TokenPool:
+            return cls.from_makeflags(flags, variable=variable, ledger=ledger)
+
+        return _advertised.choose(env, join)
 
     @classmethod
     def from_makeflags(
@@ -622,6 +648,12 @@ class TokenPool:
 
         *ledger* is the creator's token ledger directory (``MAKEJOBS_LEDGER``),
         used only if it names this very pool.
+
+        Pipe descriptors that come from the environment must have been
+        inherited across exec, so they cannot be close-on-exec: a close-on-exec
+        descriptor is this process's own, under numbers that make 4.3 left
+        behind after closing its pipe (a recipe without ``+``). A pool this
+        process already holds is returned as it is (see :meth:`from_environ`).
 
         Raises:
             JobserverUnavailable: as for :meth:`from_environ`; also when *flags*
@@ -649,9 +681,13 @@ class TokenPool:
             return shared
         if isinstance(auth, PipeAuth):
             try:
+                _posix.check_inherited(auth.read_fd, auth.write_fd)
                 reader, writer, _private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
             except _posix.Unusable as e:
-                hint = _CLOSED_FDS_HINT if "not open" in str(e) else _NO_PLUS_HINT
+                if isinstance(e, _posix.NotInherited):
+                    hint = _OWN_FDS_HINT
+                else:
+                    hint = _CLOSED_FDS_HINT if "not open" in str(e) else _NO_PLUS_HINT
                 raise JobserverUnavailable(
                     f"cannot use the jobserver pipe {auth.read_fd},{auth.write_fd}: {e}; {hint}",
                     variable=variable,

@@ -49,6 +49,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from inherited import inherited_pipe
 from makejobs import Jobserver, TokenPool
 from makejobs.errors import JobserverUnavailable
 from makejobs.pool import Style
@@ -209,7 +210,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
         opened.append(fd)
         return fd
 
-    pipe_r, pipe_w = (track(fd) for fd in os.pipe())
+    pipe_r, pipe_w = (track(fd) for fd in inherited_pipe())
     os.write(pipe_w, TOKENS)
     fifo = base / "live-fifo"
     os.mkfifo(fifo, 0o600)

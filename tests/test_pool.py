@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from forking import held_by_another_thread, run_in_child
+from inherited import inherited_pipe
 from makejobs import _posix
 from makejobs.errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
 from makejobs.pool import Token, TokenPool
@@ -47,7 +48,7 @@ def drain_bytes(fd: int) -> bytes:
 @pytest.fixture
 def make_pipe() -> Iterator[tuple[int, int, str]]:
     """An inheritable pipe pool as make 4.3 hands it to a '+' recipe: 3 distinct tokens."""
-    r, w = os.pipe()
+    r, w = inherited_pipe()
     os.write(w, b"abc")
     yield r, w, f"s -j4 --jobserver-auth={r},{w}"
     _posix.close_quietly(r, w)
@@ -225,10 +226,11 @@ def test_from_environ_order_and_fall_through(make_pipe: tuple[int, int, str]) ->
     pool = TokenPool.from_environ(env)
     assert pool is not None and pool.variable == "MAKEFLAGS"
     pool.close()
+    # An unusable CARGO_MAKEFLAGS never hides a usable MAKEFLAGS (issue 11, item 13).
     env["CARGO_MAKEFLAGS"] = "-j --jobserver-auth=-2,-2"
-    with pytest.raises(JobserverUnavailable) as info:
-        TokenPool.from_environ(env)
-    assert info.value.variable == "CARGO_MAKEFLAGS"
+    pool = TokenPool.from_environ(env)
+    assert pool is not None and pool.variable == "MAKEFLAGS"
+    pool.close()
 
 
 def test_join_preserves_token_bytes_and_implicit_slot(make_pipe: tuple[int, int, str]) -> None:
@@ -354,7 +356,7 @@ def test_unusable_tty_socket_devnull() -> None:
 def test_unusable_swapped_ends_and_two_different_pipes(make_pipe: tuple[int, int, str]) -> None:
     r, w, _ = make_pipe
     _unusable(f"-j4 --jobserver-auth={w},{r}", "swapped")
-    r2, w2 = os.pipe()
+    r2, w2 = inherited_pipe()
     try:
         _unusable(f"-j4 --jobserver-auth={r},{w2}", "two different pipes")
     finally:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import JobserverUnavailable
-from ..pool import ENVIRON_VARIABLES, TokenPool
+from ..pool import ENVIRON_VARIABLES, TokenPool, choose_advertised
 from ..protocol import FifoAuth, MakeFlags, PipeAuth, parse_makeflags
 from ._args import fill
 
@@ -55,14 +55,12 @@ def _status_report(environ: Mapping[str, str]) -> dict[str, Any]:
         "variables": variables,
     }
     hints: list[str] = report["hints"]
+    # The pool from_environ() joins: MAKEFLAGS first, and no unusable one hides a usable one.
+    choice = choose_advertised(environ)
+    report["choice"] = {"reason": choice.reason, "rejected": [list(r) for r in choice.rejected]}
     chosen: tuple[str, str, MakeFlags] | None = None
-    for name in ENVIRON_VARIABLES:
-        value = variables[name]
-        if value:
-            flags = parse_makeflags(value)
-            if flags.advertises_pool():
-                chosen = (name, value, flags)
-                break
+    if choice.variable is not None and choice.flags is not None:
+        chosen = (choice.variable, variables[choice.variable] or "", choice.flags)
     if chosen is None:
         makeflags = parse_makeflags(variables["MAKEFLAGS"] or "")
         report["jobs"] = makeflags.jobs
@@ -152,6 +150,7 @@ def _format_status(report: dict[str, Any]) -> str:
         lines.append("jobserver: none advertised")
     if report["variable"] is not None:
         lines.append(f"  variable:   {report['variable']}={report['value']!r}")
+        lines.append(f"  chosen:     {report['choice']['reason']}")
     style = report["style"]
     if style == "pipe":
         lines.append(f"  style:      pipe (fds {report['read_fd']},{report['write_fd']})")
