@@ -104,8 +104,10 @@ def test_closed_stdout_ends_quietly_by_sigpipe(args: list[str], buffered: bool) 
         os.close(w)
     assert proc.stderr == "", describe(proc)
     if "--help" in args and not buffered:
-        # Unbuffered, the failed write happens inside argparse, which ignores it.
-        assert proc.returncode == 0, describe(proc)
+        # Unbuffered, the failed write happens inside argparse, which ignores it in
+        # newer Pythons (exit 0: 3.11.7 does) and raises it in older ones (3.9, 3.10: SIGPIPE
+        # here); quiet either way.
+        assert proc.returncode in (0, -signal.SIGPIPE), describe(proc)
     else:
         assert proc.returncode == -signal.SIGPIPE, describe(proc)
 
