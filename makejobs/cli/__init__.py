@@ -8,7 +8,7 @@ Subcommands, each documented in its module
 * ``makejobs exec [--min A] [--max B] [--wait SECONDS] [--env NAME] -- CMD ...``
   (:mod:`~makejobs.cli.exec_`): hold slots of the inherited pool for a tool
   that takes a job count, and give them back when it exits.
-* ``makejobs run [-j N] [-f FILE] [--keep-going]`` (:mod:`~makejobs.cli.run`):
+* ``makejobs run [-j N] [-l LOAD] [-f FILE] [-k] [-n] ...`` (:mod:`~makejobs.cli.run`):
   run shell command lines in parallel, each on one slot.
 * ``makejobs status [--json]`` (:mod:`~makejobs.cli.status`): describe the
   pool this environment advertises.
@@ -28,7 +28,8 @@ Exit statuses
   124: ``exec --wait`` ran out before ``--min`` slots came.
 * ``run``: 0 when every command succeeded, 1 when any failed or was not
   started, 125 when the pool broke; dies of SIGINT/SIGTERM/SIGHUP it received
-  after passing it on and waiting for the commands.
+  after passing it on and waiting for the commands, and of any other fatal
+  signal after stopping and reaping them.
 * ``status``: 0 a usable pool is advertised, 1 none is, 2 one is advertised
   but cannot be used.
 * 2 for usage errors, like every argparse program.
