@@ -4,6 +4,7 @@
 Usage::
 
     python benchmarks/command_runner.py [--quick] [--json FILE] [--jobs 2,4] [--rounds R]
+    python benchmarks/command_runner.py --rss [BYTES]
 
 The same 500 command lines run under every contender, each line through
 ``/bin/sh -c`` (so no contender gets to skip the shell), with N of them at once:
@@ -40,6 +41,13 @@ from round to round; the table gives the median over rounds of the makespan and
 of its ratio to the ``make 4.3`` run of the same round. The issue's target:
 ``makejobs run`` at most 1.1x ``make -jN``.
 
+``--rss`` measures something else: the peak resident memory of ``makejobs run``
+(``ru_maxrss`` from ``wait4``) running one command that writes BYTES (default
+200 000 000) to its standard output (``head -c BYTES /dev/zero``, sent on to
+``/dev/null``), next to the same for a command that writes nothing (``true``).
+What a command writes is held until it is printed, so without spooling to a
+temporary file this grows with the output.
+
 A combined harness imports :func:`run` (rows as dicts) and :func:`to_markdown`.
 """
 
@@ -74,6 +82,7 @@ __all__ = [
     "TARGET_RATIO",
     "WORKLOADS",
     "main",
+    "measure_rss",
     "run",
     "to_markdown",
     "verdicts",
@@ -428,6 +437,43 @@ def run(
     return rows
 
 
+def measure_rss(output_bytes: int = 200_000_000) -> list[dict[str, Any]]:
+    """Peak RSS of ``makejobs run`` for a command writing nothing and one writing *output_bytes*.
+
+    Rows: ``{"command", "output_bytes", "max_rss_mib", "seconds"}``.
+    """
+    rows = []
+    scratch = tempfile.mkdtemp(prefix="makejobs-rss-")
+    try:
+        env = _environ(scratch)
+        for command, size in (("true", 0), (f"head -c {output_bytes} /dev/zero", output_bytes)):
+            with open(os.devnull, "wb") as null:
+                started = time.perf_counter()
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "makejobs", "run", "-j", "1"],
+                    stdin=subprocess.PIPE,
+                    stdout=null,
+                    env=env,
+                    cwd=scratch,
+                )
+                assert child.stdin is not None
+                child.stdin.write(f"{command}\n".encode())
+                child.stdin.close()
+                _, status, usage = os.wait4(child.pid, 0)
+                child.returncode = os.waitstatus_to_exitcode(status)
+                seconds = time.perf_counter() - started
+            if child.returncode != 0:
+                raise RuntimeError(f"makejobs run exited {child.returncode} for {command!r}")
+            # ru_maxrss is in KiB on Linux, in bytes on macOS.
+            rss = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+            rows.append(
+                {"command": command, "output_bytes": size, "max_rss_mib": rss, "seconds": seconds}
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
 # -- output ----------------------------------------------------------------------------------
 
 
@@ -492,7 +538,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", default=None, help="comma-separated N values (default 2,4)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--commands", type=int, default=COMMANDS, help="lines per workload")
+    parser.add_argument(
+        "--rss",
+        nargs="?",
+        type=int,
+        const=200_000_000,
+        metavar="BYTES",
+        help="instead: peak RSS of makejobs run for one command writing BYTES (200 MB)",
+    )
     args = parser.parse_args(argv)
+    if args.rss is not None:
+        print("| command | output bytes | max RSS MiB | seconds |\n|---|---:|---:|---:|")
+        for row in measure_rss(args.rss):
+            print(
+                f"| `{row['command']}` | {row['output_bytes']} | {row['max_rss_mib']:.1f}"
+                f" | {row['seconds']:.2f} |"
+            )
+        return 0
     jobs = [int(j) for j in args.jobs.split(",")] if args.jobs else None
     started = time.monotonic()
     rows = run(
