@@ -255,12 +255,13 @@ class JobLog:
 class _Slot:
     """What the printer keeps for one command: its spools and, streaming, its unfinished lines."""
 
-    __slots__ = ("done", "err", "job", "out", "partial", "received", "streaming")
+    __slots__ = ("done", "job", "partial", "received", "spools", "streaming")
 
-    def __init__(self, job: PrintedJob, out: Spool, err: Spool) -> None:
+    def __init__(self, job: PrintedJob) -> None:
         self.job = job
-        self.out = out
-        self.err = err  # the same spool as out when the streams are merged
+        # stream (1, 2) -> what is held of it, made when the first byte comes (most
+        # commands of a build write nothing). Merged streams all come as stream 1.
+        self.spools: dict[int, Spool] = {}
         self.partial: dict[int, bytes] = {}  # stream (1, 2) -> the start of a line
         self.received = 0  # bytes written to standard output (for the job log)
         self.streaming = False
@@ -313,8 +314,7 @@ class Printer:
 
     def start(self, job: PrintedJob) -> None:
         """*job* is about to start: its output is expected."""
-        out = Spool(self._budget)
-        slot = _Slot(job, out, out if self.merge else Spool(self._budget))
+        slot = _Slot(job)
         self._slots[job.number] = slot
         if self.keep_order:
             self._order.append(slot)
@@ -329,8 +329,11 @@ class Printer:
             slot.received += len(data)
         if slot.streaming:
             self._stream(slot, stream, data)
-        else:
-            (slot.out if stream == 1 else slot.err).append(data)
+            return
+        spool = slot.spools.get(stream)
+        if spool is None:
+            spool = slot.spools[stream] = Spool(self._budget)
+        spool.append(data)
 
     def finish(self, job: PrintedJob) -> None:
         """*job* ended (or could not start): print it now, or when its turn comes."""
@@ -348,8 +351,8 @@ class Printer:
     def discard(self) -> None:
         """Print nothing more; free what is held (after a closed output or an error)."""
         for slot in self._slots.values():
-            slot.out.close()
-            slot.err.close()
+            for spool in slot.spools.values():
+                spool.close()
         self._slots.clear()
         self._order.clear()
 
@@ -368,12 +371,13 @@ class Printer:
                 if rest:
                     self._write(stream, rest)
             slot.partial.clear()
-        else:
-            self._write_spool(1, slot.out)
-            if slot.err is not slot.out:
-                self._write_spool(2, slot.err)
-        slot.out.close()
-        slot.err.close()
+        elif slot.spools:
+            for stream in (1, 2):
+                spool = slot.spools.pop(stream, None)
+                if spool is not None:
+                    for piece in spool.pieces():
+                        self._write(stream, piece)
+                    spool.close()
         if job.failed:
             self._clear_progress()
             say("run", f"command {job.number} failed ({job.why()}): {job.line}")
@@ -387,11 +391,12 @@ class Printer:
     def _catch_up(self, slot: _Slot) -> None:
         """*slot* is now first in line: print what it held, then let it stream."""
         slot.streaming = True
-        spools = [(1, slot.out)] if slot.err is slot.out else [(1, slot.out), (2, slot.err)]
-        for stream, spool in spools:
-            for piece in spool.pieces():
-                self._stream(slot, stream, piece)
-            spool.close()
+        for stream in (1, 2):
+            spool = slot.spools.pop(stream, None)
+            if spool is not None:
+                for piece in spool.pieces():
+                    self._stream(slot, stream, piece)
+                spool.close()
 
     def _stream(self, slot: _Slot, stream: int, data: bytes) -> None:
         """Print the complete lines of what *slot* wrote so far; hold the last, unfinished one."""
@@ -414,10 +419,6 @@ class Printer:
         target.write(data)
         target.flush()
         self._at_line_start = data.endswith(b"\n")
-
-    def _write_spool(self, stream: int, spool: Spool) -> None:
-        for piece in spool.pieces():
-            self._write(stream, piece)
 
     # -- the progress line -----------------------------------------------------------
 

@@ -460,7 +460,8 @@ class Runner:
         self.printer.clear_progress()
 
     def _draw(self) -> None:
-        self.printer.draw_progress(len(self.finished), len(self.running), self.failed)
+        if self.printer.progress is not None:
+            self.printer.draw_progress(len(self.finished), len(self.running), self.failed)
 
     # -- stopping what is left -------------------------------------------------
 
