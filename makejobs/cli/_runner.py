@@ -21,7 +21,10 @@ How a run ends
 * Normally: every command that was started has ended and was reaped.
 * SIGINT, SIGTERM, SIGHUP or SIGQUIT: nothing new starts; the signal is
   passed on to every running command's process group, and the loop goes on
-  until they have all ended (their output is printed as usual).
+  until they have all ended (their output is printed as usual). Members of
+  those groups still there :data:`GRACE` seconds later (a ``cmd &`` started
+  by ``sh``, which ignores SIGINT) get SIGTERM, and SIGKILL after as long
+  again.
 * Any other signal whose default action ends a process (SIGUSR1, SIGALRM,
   SIGXCPU, real-time signals...): :class:`Fatal` is raised.
 * :class:`Fatal`, a closed standard output (:class:`BrokenPipeError` from
@@ -31,6 +34,10 @@ How a run ends
   :data:`GRACE` seconds gets SIGKILL. Every command is reaped and its slot
   given back before the exception goes on.
 
+On the way out of any of these, ``run`` becomes the subreaper of what its
+commands started (Linux), so that it can reap group members orphaned by a
+command's death and tell at once when a group is gone. A command that ended
+normally keeps what it left running in the background, as under make.
 SIGKILL of ``run`` itself cannot be caught; that is left to the pool's
 guardian.
 """
@@ -198,6 +205,7 @@ class Runner:
         self.broken: str | None = None
         self.interrupted: int | None = None
         self.signals: list[int] = []
+        self.signalled: set[int] = set()  # process groups a caught signal was passed to
         self.selector = selectors.DefaultSelector()
         self.environ = pool.environ()  # every command gets the same one
         self.watching_pool = False
@@ -398,13 +406,13 @@ class Runner:
                 raise Fatal(signum)
             if self.interrupted is None:
                 self.interrupted = signum
+                # Orphans of the groups signalled now come to us (see _end_groups).
+                become_subreaper()
             self.stopping = True
             for job in self.running:
                 assert job.pid is not None
-                try:
-                    os.killpg(job.pid, signum)
-                except OSError:
-                    pass
+                self.signalled.add(job.pid)
+                _signal_group(job.pid, signum)
 
     # -- the loop --------------------------------------------------------------
 
@@ -424,6 +432,7 @@ class Runner:
                     raise
                 finally:
                     self._stop_running()
+                    self._sweep_signalled_groups()
                     self._watch_pool(False)
         finally:
             self.selector.close()
@@ -471,10 +480,7 @@ class Runner:
         Empty after a normal end. After an exception its output is of no use
         any more: the pipes are closed (a command still writing gets SIGPIPE),
         each process group gets SIGTERM, and SIGKILL when anything of it is
-        left after :data:`GRACE` seconds. This process first becomes the
-        subreaper of what the commands started (Linux), so that a group
-        member orphaned by its parent's death is reaped here at once and a
-        group counts as gone as soon as it is, whatever the system's init does.
+        left after :data:`GRACE` seconds.
         """
         if not self.running:
             return
@@ -488,24 +494,52 @@ class Runner:
             if job.returncode is None and job.pid is not None:
                 leaders[job.pid] = job  # each command leads a process group of its own
                 _signal_group(job.pid, signal.SIGTERM)
-        groups = list(leaders)
-        deadline = time.monotonic() + GRACE
-        while groups:
-            groups = [pgid for pgid in groups if _reap_group(pgid, leaders)]
-            if groups and time.monotonic() >= deadline:
-                for pgid in groups:
-                    _signal_group(pgid, signal.SIGKILL)
-                for job in leaders.values():
-                    if job.returncode is None and job.pid is not None:
-                        _, status = os.waitpid(job.pid, 0)
-                        job.returncode = os.waitstatus_to_exitcode(status)
-                for pgid in groups:
-                    _reap_group(pgid, leaders)
-                break
-            if groups:
-                time.sleep(0.01)  # a bounded wait for processes to die; a rare path
+        _end_groups(list(leaders), leaders, then=(signal.SIGKILL,))
         for job in jobs:
             self._give_back(job)
+
+    def _sweep_signalled_groups(self) -> None:
+        """After a passed-on signal, end what is left of the groups it was passed to.
+
+        Each command's shell has ended and been reaped, but a process of its
+        group may ignore the signal (``sh`` starts ``cmd &`` with SIGINT and
+        SIGQUIT ignored): whatever is still there after :data:`GRACE` seconds
+        gets SIGTERM, and SIGKILL after as long again.
+        """
+        if self.signalled:
+            _end_groups(sorted(self.signalled), {}, then=(signal.SIGTERM, signal.SIGKILL))
+            self.signalled.clear()
+
+
+def _end_groups(groups: list[int], leaders: dict[int, Job], then: tuple[int, ...]) -> None:
+    """Wait for process *groups* to empty, sending the signals *then* one per :data:`GRACE`.
+
+    This process reaps what it can meanwhile: *leaders* (their exit status
+    is recorded) and, being the subreaper of what the commands started
+    (Linux), any member orphaned by its parent's death; so a group counts as
+    gone as soon as it is, whatever the system's init does. After SIGKILL
+    the leaders are waited for.
+    """
+    left = list(then)
+    deadline = time.monotonic() + GRACE
+    while True:
+        groups = [pgid for pgid in groups if _reap_group(pgid, leaders)]
+        if not groups:
+            return
+        if time.monotonic() >= deadline:
+            signum = left.pop(0)
+            for pgid in groups:
+                _signal_group(pgid, signum)
+            if signum == signal.SIGKILL or not left:
+                break
+            deadline = time.monotonic() + GRACE
+        time.sleep(0.01)  # a bounded wait for processes to die, on a rare path
+    for job in leaders.values():
+        if job.returncode is None and job.pid is not None:
+            _, status = os.waitpid(job.pid, 0)
+            job.returncode = os.waitstatus_to_exitcode(status)
+    for pgid in groups:
+        _reap_group(pgid, leaders)
 
 
 def _reap_group(pgid: int, leaders: dict[int, Job]) -> bool:
