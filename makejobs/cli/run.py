@@ -305,8 +305,9 @@ for a new pool. -l LOAD works like make's: while a command runs, no other starts
 the load is above LOAD (Linux: the runnable processes in /proc/loadavg; elsewhere the
 1-minute load average); one command always runs.
 
-output: each command's output is printed in one piece when it ends; output past 8 MiB
-in all waits in temporary files ($TMPDIR), not in memory. A progress line (done, running,
+output: each command's output is printed in one piece when it ends (--line-buffer: line
+by line as it comes; --keep-order: in input order); output past 8 MiB in all waits in
+temporary files ($TMPDIR), not in memory. A progress line (done, running,
 failed, ETA) is shown on stderr when it is a terminal. --joblog writes GNU parallel's
 tab-separated columns: Seq Host Starttime JobRuntime Send Receive Exitval Signal Command.
 
@@ -318,7 +319,8 @@ Without --keep-going nothing new starts after the first failure.
 exit status: 0 every command succeeded; 1 some failed or were not started; 2 usage error;
 125 makejobs itself failed (the pool broke or could not be made), as for env and timeout.
 SIGINT/SIGTERM/SIGHUP are passed on to every running command's process group; makejobs
-waits for them and then dies of the same signal. Other signals that end a process
+waits for them and then dies of the same signal (what is left of a group 2 s after its
+command ended gets SIGTERM, then SIGKILL). Other signals that end a process
 (SIGUSR1, SIGALRM...) and errors stop the commands (SIGTERM to each process group, SIGKILL
 2 s later) and reap them first. A closed standard output (run | head -1) stops them the
 same way and ends makejobs quietly by SIGPIPE, as coreutils do (status 141 in a shell).
