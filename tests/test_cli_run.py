@@ -332,21 +332,36 @@ def test_bad_load_is_a_usage_error() -> None:
 
 
 def reverse_finishers(tmp_path: Path) -> str:
-    """Three commands that end in the order 3, 2, 1, each printing its name."""
-    f2, f3 = tmp_path / "f2", tmp_path / "f3"
+    """Three commands that end in the order 3, 2, 1, each printing its name.
+
+    Each waits until the one after it has been reaped by run (so has been printed, unless
+    held back): a zombie still answers ``kill -0``.
+    """
+
+    def after(n: int) -> str:
+        pid = tmp_path / f"pid{n}"
+        return (
+            f"{wait(pid)}; i=0; while kill -0 $(cat {pid}) 2>/dev/null && [ $i -lt 2000 ];"
+            " do sleep 0.01; i=$((i+1)); done"
+        )
+
+    def announce(n: int) -> str:
+        pid = tmp_path / f"pid{n}"
+        return f'echo $$ > "{pid}.new" && mv "{pid}.new" "{pid}"'
+
     return (
-        f"{wait(f2)}; echo one; echo e1 >&2; exit 1\n"
-        f'{wait(f3)}; echo two; touch "{f2}"\n'
-        f'echo three; touch "{f3}"\n'
+        f"{after(2)}; echo one; echo e1 >&2; exit 1\n"
+        f"{announce(2)}; {after(3)}; echo two\n"
+        f"{announce(3)}; echo three\n"
     )
 
 
 def test_keep_order_prints_in_input_order(tmp_path: Path) -> None:
-    proc = mj("run", "-j3", "-k", input=reverse_finishers(tmp_path))
-    assert proc.stdout.split()[-1] == "one", describe(proc)  # it ended last
-    (tmp_path / "f2").unlink()
-    (tmp_path / "f3").unlink()
-    proc = mj("run", "-j3", "-k", "--keep-order", input=reverse_finishers(tmp_path))
+    (tmp_path / "a").mkdir()
+    proc = mj("run", "-j3", "-k", input=reverse_finishers(tmp_path / "a"))
+    assert proc.stdout == "three\ntwo\none\n", describe(proc)  # the order they ended in
+    (tmp_path / "b").mkdir()
+    proc = mj("run", "-j3", "-k", "--keep-order", input=reverse_finishers(tmp_path / "b"))
     assert proc.returncode == 1, describe(proc)
     assert proc.stdout == "one\ntwo\nthree\n"
     assert proc.stderr.startswith("e1\nmakejobs run: command 1 failed (exit 1)"), describe(proc)
