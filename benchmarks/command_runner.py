@@ -42,9 +42,10 @@ of its ratio to the ``make 4.3`` run of the same round. The issue's target:
 ``makejobs run`` at most 1.1x ``make -jN``.
 
 ``--rss`` measures something else: the peak resident memory of ``makejobs run``
-(``ru_maxrss`` from ``wait4``) running one command that writes BYTES (default
-200 000 000) to its standard output (``head -c BYTES /dev/zero``, sent on to
-``/dev/null``), next to the same for a command that writes nothing (``true``).
+(``VmHWM``, the high-water mark of its address space) running one command that
+writes BYTES (default 200 000 000) to its standard output (``head -c BYTES
+/dev/zero``, sent on to ``/dev/null``), next to the same for a command that
+writes nothing (``true``).
 What a command writes is held until it is printed, so without spooling to a
 temporary file this grows with the output.
 
@@ -437,6 +438,25 @@ def run(
     return rows
 
 
+# Runs `makejobs run` in the child itself, then reports the child's peak RSS in KiB: VmHWM,
+# the high-water mark of its own address space. ru_maxrss from wait4 would also hold the RSS
+# of the process it was spawned from (exec keeps the old address space's high-water mark,
+# and subprocess spawns with vfork), which is used only where /proc is missing.
+_PEAK_RSS = """\
+import os, resource, sys
+from makejobs.cli import main
+status = main(sys.argv[1:])
+try:
+    with open("/proc/self/status") as f:
+        kib = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+except (OSError, StopIteration):
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kib //= 1024 if sys.platform == "darwin" else 1
+os.write(int(os.environ["PEAK_FD"]), str(kib).encode())
+sys.exit(status)
+"""
+
+
 def measure_rss(output_bytes: int = 200_000_000) -> list[dict[str, Any]]:
     """Peak RSS of ``makejobs run`` for a command writing nothing and one writing *output_bytes*.
 
@@ -445,29 +465,37 @@ def measure_rss(output_bytes: int = 200_000_000) -> list[dict[str, Any]]:
     rows = []
     scratch = tempfile.mkdtemp(prefix="makejobs-rss-")
     try:
-        env = _environ(scratch)
         for command, size in (("true", 0), (f"head -c {output_bytes} /dev/zero", output_bytes)):
-            with open(os.devnull, "wb") as null:
-                started = time.perf_counter()
-                child = subprocess.Popen(
-                    [sys.executable, "-m", "makejobs", "run", "-j", "1"],
-                    stdin=subprocess.PIPE,
-                    stdout=null,
-                    env=env,
-                    cwd=scratch,
-                )
-                assert child.stdin is not None
-                child.stdin.write(f"{command}\n".encode())
-                child.stdin.close()
-                _, status, usage = os.wait4(child.pid, 0)
-                child.returncode = os.waitstatus_to_exitcode(status)
-                seconds = time.perf_counter() - started
-            if child.returncode != 0:
-                raise RuntimeError(f"makejobs run exited {child.returncode} for {command!r}")
-            # ru_maxrss is in KiB on Linux, in bytes on macOS.
-            rss = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+            r, w = os.pipe()
+            try:
+                env = dict(_environ(scratch), PEAK_FD=str(w))
+                with open(os.devnull, "wb") as null:
+                    started = time.perf_counter()
+                    proc = subprocess.run(
+                        [sys.executable, "-c", _PEAK_RSS, "run", "-j", "1"],
+                        input=f"{command}\n".encode(),
+                        stdout=null,
+                        env=env,
+                        cwd=scratch,
+                        pass_fds=(w,),
+                    )
+                    seconds = time.perf_counter() - started
+                os.close(w)
+                w = -1
+                kib = int(os.read(r, 64) or b"0")
+            finally:
+                os.close(r)
+                if w >= 0:
+                    os.close(w)
+            if proc.returncode != 0:
+                raise RuntimeError(f"makejobs run exited {proc.returncode} for {command!r}")
             rows.append(
-                {"command": command, "output_bytes": size, "max_rss_mib": rss, "seconds": seconds}
+                {
+                    "command": command,
+                    "output_bytes": size,
+                    "max_rss_mib": kib / 1024,
+                    "seconds": seconds,
+                }
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
