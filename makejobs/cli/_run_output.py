@@ -46,7 +46,7 @@ from ._supervise import signal_name
 
 TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from typing import BinaryIO, TextIO
 
 __all__ = [
@@ -129,12 +129,17 @@ class Spool:
         self._held = 0
         self._chunks = []
 
-    def pieces(self) -> Iterator[bytes]:
+    def pieces(self) -> Iterable[bytes]:
         """Everything appended so far, in order, in pieces of at most about 1 MiB."""
         if self._file is None:
-            yield from self._chunks
-            return
+            # One write for what came in many reads; read before close() drops it.
+            chunks = self._chunks
+            return chunks if len(chunks) < 2 else [b"".join(chunks)]
+        return self._read_file()
+
+    def _read_file(self) -> Iterator[bytes]:
         file = self._file
+        assert file is not None
         file.flush()
         file.seek(0)
         while True:
@@ -325,9 +330,9 @@ class Printer:
     def output(self, job: PrintedJob, stream: int, data: bytes) -> None:
         """*job* wrote *data* to *stream* (1 or 2; 1 when the streams are merged)."""
         slot = self._slots[job.number]
-        if stream == 1:
-            slot.received += len(data)
         if slot.streaming:
+            if stream == 1:
+                slot.received += len(data)
             self._stream(slot, stream, data)
             return
         spool = slot.spools.get(stream)
@@ -375,6 +380,8 @@ class Printer:
             for stream in (1, 2):
                 spool = slot.spools.pop(stream, None)
                 if spool is not None:
+                    if stream == 1:
+                        slot.received += spool.size
                     for piece in spool.pieces():
                         self._write(stream, piece)
                     spool.close()
@@ -394,6 +401,8 @@ class Printer:
         for stream in (1, 2):
             spool = slot.spools.pop(stream, None)
             if spool is not None:
+                if stream == 1:
+                    slot.received += spool.size
                 for piece in spool.pieces():
                     self._stream(slot, stream, piece)
                 spool.close()
@@ -414,7 +423,8 @@ class Printer:
         target = self._out if stream == 1 else self._err
         if target is None:
             return
-        self._clear_progress()
+        if self.progress is not None:
+            self.progress.clear()
         (sys.stdout if stream == 1 else sys.stderr).flush()  # text written before, if any
         target.write(data)
         target.flush()

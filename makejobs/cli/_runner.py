@@ -195,6 +195,7 @@ class Runner:
         self.finished: list[Job] = []
         self.failed = 0
         self.printer = printer
+        self.timed = printer.joblog is not None  # start and run times are for the job log
         self.shell = shell
         self.limit = limit
         self.load = load
@@ -218,8 +219,9 @@ class Runner:
         self.printer.start(job)
         out_r, out_w = os.pipe()
         err_r, err_w = (out_r, out_w) if self.merge else os.pipe()
-        job.start_time = time.time()
-        job.started = time.monotonic()
+        if self.timed:
+            job.start_time = time.time()
+            job.started = time.monotonic()
         try:
             job.pid = os.posix_spawn(
                 self.shell,
@@ -305,7 +307,8 @@ class Runner:
         self._close_pidfd(job)
         _, status = os.waitpid(job.pid, 0)
         job.returncode = os.waitstatus_to_exitcode(status)
-        job.runtime = time.monotonic() - job.started
+        if self.timed:
+            job.runtime = time.monotonic() - job.started
         self._give_back(job)
         # What it wrote before exiting is in the pipes; a background process
         # that inherited them must not hold this command's output hostage.
