@@ -72,6 +72,8 @@ __all__ = ["GRACE", "Fatal", "Job", "Runner"]
 GRACE = 2.0
 
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
+# Without waitid (P_PGID) a group's orphans are left to init, and leaders to waitpid.
+_HAVE_WAITID = hasattr(os, "waitid") and hasattr(os, "P_PGID")
 # Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (what
 # subprocess's restore_signals does).
 _DEFAULT_SIGNALS = tuple(
@@ -547,7 +549,7 @@ def _end_groups(groups: list[int], leaders: dict[int, Job], then: tuple[int, ...
 
 def _reap_group(pgid: int, leaders: dict[int, Job]) -> bool:
     """Reap the exited children of ours in process group *pgid*; True while it has members."""
-    while True:
+    while _HAVE_WAITID:
         try:
             info = os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
