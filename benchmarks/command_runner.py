@@ -4,6 +4,7 @@
 Usage::
 
     python benchmarks/command_runner.py [--quick] [--json FILE] [--jobs 2,4] [--rounds R]
+    python benchmarks/command_runner.py --rss [BYTES]
 
 The same 500 command lines run under every contender, each line through
 ``/bin/sh -c`` (so no contender gets to skip the shell), with N of them at once:
@@ -40,6 +41,14 @@ from round to round; the table gives the median over rounds of the makespan and
 of its ratio to the ``make 4.3`` run of the same round. The issue's target:
 ``makejobs run`` at most 1.1x ``make -jN``.
 
+``--rss`` measures something else: the peak resident memory of ``makejobs run``
+(``VmHWM``, the high-water mark of its address space) running one command that
+writes BYTES (default 200 000 000) to its standard output (``head -c BYTES
+/dev/zero``, sent on to ``/dev/null``), next to the same for a command that
+writes nothing (``true``).
+What a command writes is held until it is printed, so without spooling to a
+temporary file this grows with the output.
+
 A combined harness imports :func:`run` (rows as dicts) and :func:`to_markdown`.
 """
 
@@ -74,6 +83,7 @@ __all__ = [
     "TARGET_RATIO",
     "WORKLOADS",
     "main",
+    "measure_rss",
     "run",
     "to_markdown",
     "verdicts",
@@ -428,6 +438,70 @@ def run(
     return rows
 
 
+# Runs `makejobs run` in the child itself, then reports the child's peak RSS in KiB: VmHWM,
+# the high-water mark of its own address space. ru_maxrss from wait4 would also hold the RSS
+# of the process it was spawned from (exec keeps the old address space's high-water mark,
+# and subprocess spawns with vfork), which is used only where /proc is missing.
+_PEAK_RSS = """\
+import os, resource, sys
+from makejobs.cli import main
+status = main(sys.argv[1:])
+try:
+    with open("/proc/self/status") as f:
+        kib = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+except (OSError, StopIteration):
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kib //= 1024 if sys.platform == "darwin" else 1
+os.write(int(os.environ["PEAK_FD"]), str(kib).encode())
+sys.exit(status)
+"""
+
+
+def measure_rss(output_bytes: int = 200_000_000) -> list[dict[str, Any]]:
+    """Peak RSS of ``makejobs run`` for a command writing nothing and one writing *output_bytes*.
+
+    Rows: ``{"command", "output_bytes", "max_rss_mib", "seconds"}``.
+    """
+    rows = []
+    scratch = tempfile.mkdtemp(prefix="makejobs-rss-")
+    try:
+        for command, size in (("true", 0), (f"head -c {output_bytes} /dev/zero", output_bytes)):
+            r, w = os.pipe()
+            try:
+                env = dict(_environ(scratch), PEAK_FD=str(w))
+                with open(os.devnull, "wb") as null:
+                    started = time.perf_counter()
+                    proc = subprocess.run(
+                        [sys.executable, "-c", _PEAK_RSS, "run", "-j", "1"],
+                        input=f"{command}\n".encode(),
+                        stdout=null,
+                        env=env,
+                        cwd=scratch,
+                        pass_fds=(w,),
+                    )
+                    seconds = time.perf_counter() - started
+                os.close(w)
+                w = -1
+                kib = int(os.read(r, 64) or b"0")
+            finally:
+                os.close(r)
+                if w >= 0:
+                    os.close(w)
+            if proc.returncode != 0:
+                raise RuntimeError(f"makejobs run exited {proc.returncode} for {command!r}")
+            rows.append(
+                {
+                    "command": command,
+                    "output_bytes": size,
+                    "max_rss_mib": kib / 1024,
+                    "seconds": seconds,
+                }
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
 # -- output ----------------------------------------------------------------------------------
 
 
@@ -492,7 +566,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", default=None, help="comma-separated N values (default 2,4)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--commands", type=int, default=COMMANDS, help="lines per workload")
+    parser.add_argument(
+        "--rss",
+        nargs="?",
+        type=int,
+        const=200_000_000,
+        metavar="BYTES",
+        help="instead: peak RSS of makejobs run for one command writing BYTES (200 MB)",
+    )
     args = parser.parse_args(argv)
+    if args.rss is not None:
+        print("| command | output bytes | max RSS MiB | seconds |\n|---|---:|---:|---:|")
+        for row in measure_rss(args.rss):
+            print(
+                f"| `{row['command']}` | {row['output_bytes']} | {row['max_rss_mib']:.1f}"
+                f" | {row['seconds']:.2f} |"
+            )
+        return 0
     jobs = [int(j) for j in args.jobs.split(",")] if args.jobs else None
     started = time.monotonic()
     rows = run(

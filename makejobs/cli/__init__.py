@@ -8,7 +8,7 @@ Subcommands, each documented in its module
 * ``makejobs exec [--min A] [--max B] [--wait SECONDS] [--env NAME] -- CMD ...``
   (:mod:`~makejobs.cli.exec_`): hold slots of the inherited pool for a tool
   that takes a job count, and give them back when it exits.
-* ``makejobs run [-j N] [-f FILE] [--keep-going]`` (:mod:`~makejobs.cli.run`):
+* ``makejobs run [-j N] [-l LOAD] [-f FILE] [-k] [-n] ...`` (:mod:`~makejobs.cli.run`):
   run shell command lines in parallel, each on one slot.
 * ``makejobs status [--json]`` (:mod:`~makejobs.cli.status`): describe the
   pool this environment advertises.
@@ -28,10 +28,16 @@ Exit statuses
   124: ``exec --wait`` ran out before ``--min`` slots came.
 * ``run``: 0 when every command succeeded, 1 when any failed or was not
   started, 125 when the pool broke; dies of SIGINT/SIGTERM/SIGHUP it received
-  after passing it on and waiting for the commands.
+  after passing it on and waiting for the commands, and of any other fatal
+  signal after stopping and reaping them.
 * ``status``: 0 a usable pool is advertised, 1 none is, 2 one is advertised
   but cannot be used.
 * 2 for usage errors, like every argparse program.
+* Every command: when its standard output (or error) is a pipe whose reader
+  went away (``makejobs status | head -1``), it stops quietly, with no
+  traceback and no message (``run`` first stops and reaps its commands), and
+  dies of SIGPIPE, as coreutils such as ``cat`` and ``seq`` do: a shell sees
+  141 (with ``set -o pipefail``), Popen -13.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from ._console import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
     SLOTS_VARIABLE,
+    silence_closed_output,
 )
 from ._supervise import die_of, in_main_thread
 
@@ -116,8 +123,28 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     Returns the exit status (see the module docstring). ``--help`` and usage
     errors raise :class:`SystemExit` as argparse does (status 0 and 2). A
     command that ends because makejobs received SIGINT/SIGTERM/SIGHUP
-    re-raises that signal on this process after cleaning up.
+    re-raises that signal on this process after cleaning up; one whose
+    output was closed dies of SIGPIPE.
     """
+    try:
+        try:
+            return _main(argv, prog)
+        finally:
+            # A reader that went away shows when the last output is flushed:
+            # here, not at interpreter exit, where Python would print
+            # "Exception ignored ... BrokenPipeError" and exit 120.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # Nothing else in the command line writes to a pipe: the library turns
+        # a pool's EPIPE into PoolBroken. Quiet, as coreutils are.
+        silence_closed_output()
+        if in_main_thread():
+            die_of(signal.SIGPIPE)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None, prog: str | None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = _build_parser(prog, argv)

@@ -6,6 +6,7 @@ The exit statuses and :data:`SLOTS_VARIABLE` are part of the command line's inte
 
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "EXIT_USAGE",
     "SLOTS_VARIABLE",
     "say",
+    "silence_closed_output",
 ]
 
 EXIT_USAGE = 2
@@ -35,3 +37,33 @@ def say(command: str, message: str) -> None:
     """One line on stderr, prefixed like ``makejobs serve: ...``."""
     sys.stderr.write(f"makejobs {command}: {message}\n")
     sys.stderr.flush()
+
+
+def silence_closed_output() -> None:
+    """Send what stdout and stderr still hold to /dev/null when their reader went away.
+
+    After a :class:`BrokenPipeError` the stream keeps its unwritten buffer,
+    and every later flush (one at interpreter exit included) would fail
+    again, loudly. A stream whose flush fails this way gets /dev/null on its
+    descriptor, so that buffer, and anything written later, goes nowhere.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            pass
+        except (OSError, ValueError):
+            continue  # closed or unusable for another reason: leave it alone
+        else:
+            continue
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, stream.fileno())
+            finally:
+                os.close(null)
+            stream.flush()
+        except (OSError, ValueError):
+            pass
