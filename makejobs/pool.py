@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import stat
 import threading
 import warnings
 import weakref
@@ -684,7 +685,13 @@ class TokenPool:
         """A fresh ``MAKEFLAGS`` value advertising this pool."""
         return format_makeflags(MakeFlags(auth=self.auth, jobs=self.slots))
 
-    def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    def environ(
+        self,
+        base: Mapping[str, str] | None = None,
+        *,
+        style: Literal["pipe", "fifo", "auto"] | None = None,
+        command: Any = None,
+    ) -> dict[str, str]:
         """The environment for a child that should join this pool.
 
         A copy of *base* (default ``os.environ``) whose ``MAKEFLAGS`` and
@@ -692,7 +699,16 @@ class TokenPool:
         overrides are kept) and whose ``CARGO_MAKEFLAGS`` does too. In pipe
         style, also hand :attr:`pass_fds` to the child (``subprocess`` closes
         every other fd).
+
+        *style* offers the pool in another form (see :mod:`makejobs.advertise`):
+        ``"fifo"`` names a pipe pool by path (``/proc/PID/fd/N``, Linux), so a
+        child reaches it without inheriting anything; ``"auto"`` picks the form
+        from *command*. None (the default) is the pool's own form.
         """
+        if style is not None:
+            from . import advertise
+
+            return advertise.environ(self, style, command=command, base=base)
         env = dict(os.environ if base is None else base)
         if self._ledger_path is not None:
             env[LEDGER_VARIABLE] = self._ledger_path
@@ -937,15 +953,31 @@ def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
     pool: joining a pool this process already holds (say, a Jobserver job
     calling from_environ() on the pool its parent exported to it) returns the
     same handle, counted, instead of a second one with a second implicit slot.
+    A fifo path is matched by what it opens too: ``/proc/PID/fd/N``, the
+    by-path form of a pipe pool (see makejobs.advertise), names that pipe.
     """
+    same = _identity(auth.path) if isinstance(auth, FifoAuth) else None
     for pool in list(_live_pools):
-        if not pool._closed and auth in (pool.auth, pool._source_auth):
+        if pool._closed:
+            continue
+        if auth in (pool.auth, pool._source_auth) or (
+            same is not None and _identity(pool._reader) == same
+        ):
             pool._own()
             with pool._state_lock:
                 if not pool._closed:
                     pool._users += 1
                     return pool
     return None
+
+
+def _identity(file: str | int) -> tuple[int, int] | None:
+    """(device, inode) of the fifo or pipe at a path or fd; None if it is not one."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISFIFO(st.st_mode) else None
 
 
 def _fifo_parent() -> str:
