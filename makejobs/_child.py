@@ -154,16 +154,8 @@ def exported_here() -> tuple[object, ...]:
 
 
 def pool_exports(pool: TokenPool) -> Exports:
-    """The EXPORTED values that advertise *pool*, given this process's environment.
-
-    In the form every child can reach, inherited fds or not (see
-    makejobs.advertise.for_any_child): a plain subprocess.run of make >= 4.4,
-    ninja or cargo in a job joins the pool.
-    """
-    from .advertise import for_any_child
-
-    with for_any_child(pool, os.environ) as advertised:
-        exported = advertised.environ
+    """The EXPORTED values that advertise *pool*, given this process's environment."""
+    exported = pool.environ(os.environ)
     return tuple((name, exported[name]) for name in EXPORTED if name in exported)
 
 
