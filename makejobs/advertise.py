@@ -88,6 +88,7 @@ __all__ = [
     "environ",
     "fifo_path",
     "for_any_child",
+    "given_style",
     "program_kind",
 ]
 
@@ -442,18 +443,67 @@ def environ(
         return adv.environ
 
 
-def for_any_child(pool: TokenPool, base: Mapping[str, str] | None = None) -> Advertisement:
-    """The form for children whose command is not known (what a job exports).
+def given_style(pool: TokenPool, base: Mapping[str, str] | None = None) -> Style | None:
+    """The form *base* (default ``os.environ``) advertises *pool* in, if it names this pool.
 
-    The fifo form wherever it can be had (every fifo pool; a pipe pool on
-    Linux, by ``/proc`` path): a child started by a plain ``subprocess.run``
-    (which closes inherited descriptors) still reaches the pool, be it make
-    >= 4.4, ninja, cargo or makejobs. make <= 4.3 cannot read it and stops
-    with "invalid --jobserver-auth string": start it with ``pool.run()``
-    (``style="auto"`` gives it the pipe form) instead. Elsewhere, the pool's
-    own form.
+    The first of ``CARGO_MAKEFLAGS``, ``MAKEFLAGS``, ``MFLAGS`` that advertises a
+    pool is read; it names *pool* when it opens the same pipe or fifo (an fd
+    of this process, or a path). None when it names no pool, or another one.
     """
+    env = os.environ if base is None else base
+    flags = None
+    for variable in ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"):
+        value = env.get(variable)
+        if value:
+            flags = parse_makeflags(value)
+            if flags.advertises_pool():
+                break
+    if flags is None or flags.auth is None or pool.closed:
+        return None
+    ours = _identity(pool.auth.read_fd if isinstance(pool.auth, PipeAuth) else pool.auth.path)
+    theirs = _identity(flags.auth.read_fd if isinstance(flags.auth, PipeAuth) else flags.auth.path)
+    if ours is None or ours != theirs:
+        return None
+    return "pipe" if isinstance(flags.auth, PipeAuth) else "fifo"
+
+
+def _identity(file: str | int) -> tuple[int, int] | None:
+    """(device, inode) of the pipe or fifo at a path or fd; None if it is not one."""
     try:
-        return advertise(pool, "fifo", base=base)
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISFIFO(st.st_mode) else None
+
+
+def for_any_child(pool: TokenPool, base: Mapping[str, str] | None = None) -> Advertisement:
+    """The form for children whose command is not known (what a job would export).
+
+    Such a child may be started by a plain ``subprocess.run``, which closes
+    inherited descriptors, so the fifo form (by ``/proc`` path for a pipe pool
+    on Linux) reaches the most consumers: make >= 4.4, ninja, cargo, makejobs.
+    But make <= 4.3 *stops* on it ("invalid --jobserver-auth string"), where
+    a pipe it cannot inherit only costs it its parallelism. Hence:
+
+    1. A pool *base* (default ``os.environ``) already advertises keeps that
+       form: a pool joined from make 4.3's pipe stays a pipe (the makes our
+       children run are likely as old), one joined by a fifo path stays so.
+    2. Any other pool (created here) gets the fifo form, unless the ``make``
+       found on *base*'s ``PATH`` is a GNU make older than 4.4, which a plain
+       ``subprocess.run(["make"])`` would run and kill.
+    3. The pool's own form where the fifo form cannot be had (no ``/proc``).
+
+    A child whose command is known is better served by :func:`advertise` with
+    ``"auto"`` (``pool.run()``), which gives make 4.3 the pipe form.
+    """
+    given = given_style(pool, base)
+    if given is not None:
+        wanted: Style = given
+    elif command_style(["make"], base) == "pipe" and _which("make", base) is not None:
+        wanted = pool.style  # rule 2's exception: that make would die on a fifo
+    else:
+        wanted = "fifo"
+    try:
+        return advertise(pool, wanted, base=base)
     except CannotAdvertise:
         return advertise(pool, None, base=base)

@@ -279,3 +279,46 @@ def test_run_gives_each_make_the_form_it_speaks(tmp_path: Path) -> None:
     assert parse_makeflags(flags).auth == fifo.auth and fds == []
     assert fifo.implicit_free
     assert close_clean(fifo) == 2
+
+
+# -- children whose command is not known (what a job would export) ---------------------
+
+
+def test_a_created_pipe_pool_goes_by_path_unless_paths_make_would_die_on_it(
+    tmp_path: Path,
+) -> None:
+    new = tmp_path / "new"
+    old = tmp_path / "old"
+    fake(new, "make", "GNU Make 4.4.1")
+    fake(old, "make", "GNU Make 4.3")
+    pool = TokenPool.create(2)
+    for path, form in ((str(new), "fifo"), (str(tmp_path / "none"), "fifo"), (str(old), "pipe")):
+        with for_any_child(pool, {"PATH": path}) as adv:
+            assert adv.style == form, path
+            auth = parse_makeflags(adv.environ["MAKEFLAGS"]).auth
+            assert auth == (FifoAuth(fifo_path(pool)) if form == "fifo" else pool.auth)
+            # By path, the pipe's fds need not reach the child.
+            assert adv.pass_fds == (() if form == "fifo" else pool.pass_fds)
+    fifo = TokenPool.create(2, style="fifo")
+    assert for_any_child(fifo, {"PATH": str(old)}).style == "fifo"  # nothing else to offer
+    close_clean(pool)
+    close_clean(fifo)
+
+
+def test_a_pool_keeps_the_form_this_process_was_given_it_in(tmp_path: Path) -> None:
+    fake(tmp_path, "make", "GNU Make 4.4.1")
+    path = {"PATH": str(tmp_path)}
+    pool = TokenPool.create(2)
+    other = TokenPool.create(2)
+    as_pipe = {**pool.environ(), **path}  # as make 4.3 would have handed it to us
+    assert advertise.given_style(pool, as_pipe) == "pipe"
+    assert for_any_child(pool, as_pipe).style == "pipe"
+    by_path = {**pool.environ(style="fifo"), **path}
+    assert advertise.given_style(pool, by_path) == "fifo"
+    assert for_any_child(pool, by_path).style == "fifo"
+    # Another pool's advertisement, or none, says nothing about this one.
+    assert advertise.given_style(pool, other.environ()) is None
+    assert advertise.given_style(pool, {"MAKEFLAGS": " -j2 --jobserver-auth=-2,-2"}) is None
+    assert for_any_child(pool, {**other.environ(), **path}).style == "fifo"
+    close_clean(pool)
+    close_clean(other)
