@@ -83,21 +83,26 @@ def shell_jobs(log: Path, count: int) -> dict[str, str]:
 # -- make 4.3 (pipe) -> bridge --style fifo -> a fifo-only client ----------------------
 
 
-@pytest.mark.parametrize("via_bridge", [True, False], ids=["bridge", "control-direct"])
+@pytest.mark.parametrize("via", ["proc", "relay", None], ids=["bridge", "relay", "control-direct"])
 def test_make43_pipe_pool_reaches_a_fifo_only_client_through_bridge(
-    make43: Peer, via_bridge: bool, tmp_path: Path
+    make43: Peer, via: str | None, tmp_path: Path
 ) -> None:
+    """``relay``: the private fifo that systems without /proc get, forced here."""
     log = tmp_path / "spans.log"
     client = f"{PY} {FIFO_ONLY} {log} fo 5 {JOB_SECONDS}"
-    bridge = f"{PY} -m makejobs bridge --style fifo -- " if via_bridge else ""
+    relay = "--relay " if via == "relay" else ""
+    bridge = f"{PY} -m makejobs bridge {relay}--style fifo -- " if via else ""
     makefile(tmp_path / "Makefile", {"client": f"+@{bridge}{client}", **shell_jobs(log, 3)})
     proc = run_captured(make43.argv("-s", f"-j{SLOTS}"), tmp_path, RUN_TIMEOUT, env=env())
     assert proc.returncode == 0, describe(proc)
     assert "INTERNAL" not in proc.stderr, describe(proc)
     peak = spans_peak(log, [*(f"fo.{i}" for i in range(1, 6)), "sh1", "sh2", "sh3"])
-    print(f"make 4.3 -j{SLOTS}, bridge={via_bridge}: peak {peak}")
-    if via_bridge:
-        assert "fifo-only-client: joined fifo /proc/" in proc.stderr, describe(proc)
+    print(f"make 4.3 -j{SLOTS}, bridge via {via}: peak {peak}")
+    if via is not None:
+        joined = "/proc/" if via == "proc" else "makejobs-relay-"
+        assert "fifo-only-client: joined fifo " in proc.stderr, describe(proc)
+        assert joined in proc.stderr, describe(proc)
+        assert "never came back" not in proc.stderr, describe(proc)
         assert peak <= SLOTS, describe(proc)
         assert peak == SLOTS, describe(proc)
     else:  # what the bridge is for: the client refuses make 4.3's pipe

@@ -169,19 +169,47 @@ def test_auto_leaves_other_commands_the_pools_own_form() -> None:
     assert close_clean(pool) == 2
 
 
-def test_fifo_is_refused_with_125_where_pipes_cannot_be_opened_by_path(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+# Takes the whole pool by blocking acquires: through a relay, tokens come one by one.
+PATIENT = textwrap.dedent(
+    """
+    import json, os
+    from makejobs.pool import TokenPool
+    pool = TokenPool.from_environ()
+    tokens = [pool.acquire(20) for _ in range(3)]
+    print(json.dumps({"style": pool.style, "slots": len(tokens),
+                      "makeflags": os.environ["MAKEFLAGS"]}))
+    for token in tokens:
+        pool.release(token)
+    pool.close()
+    """
+)
+
+
+@pytest.mark.parametrize("style", ["fifo", "auto"])
+def test_without_proc_a_relay_carries_the_pipe_pool(
+    style: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
-    """As on a system without /proc/PID/fd: the command is not run at all."""
+    """As on a system without /proc/PID/fd (macOS): a private fifo relays the tokens."""
     monkeypatch.setattr(advertise, "_PROC", str(tmp_path / "no-proc"))
-    pool = TokenPool.create(2)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", clean_env()["PYTHONPATH"])
+    (tmp_path / "ninja").symlink_to(PY)  # a Python named ninja: auto prefers a fifo
+    pool = TokenPool.create(3)
     monkeypatch.setenv("MAKEFLAGS", pool.makeflags())
-    ran = tmp_path / "ran"
-    status = cli.main(["bridge", "--style", "fifo", "--", "touch", str(ran)])
-    assert status == cli.EXIT_FAILED and not ran.exists()
-    assert "cannot offer the pool as --style fifo" in capsys.readouterr().err
+    status = cli.main(["bridge", "-v", "--style", style, "--", "ninja", "-c", PATIENT])
+    out, err = capfd.readouterr()
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["style"] == "fifo" and report["slots"] == 3, (report, err)
+    fifo = parse_makeflags(report["makeflags"]).auth
+    assert isinstance(fifo, FifoAuth) and "makejobs-relay-" in fifo.path
+    assert "as fifo through a relay" in err and "never came back" not in err
+    assert not os.path.exists(fifo.path)  # removed with the relay
     assert not pool.closed  # the bridge's join of this process's pool was undone only
-    assert close_clean(pool) == 1
+    assert close_clean(pool) == 2
 
 
 # -- no usable pool -----------------------------------------------------------------

@@ -52,11 +52,13 @@ from ..advertise import (
     CannotAdvertise,
     advertise,
     command_style,
+    fifo_path,
     program_kind,
 )
 from ..errors import JobserverUnavailable
 from ..pool import ENVIRON_VARIABLES, TokenPool
 from ..protocol import FifoAuth, PipeAuth, parse_makeflags, replace_auth
+from ..relay import Relay
 from ._args import fill, split_command
 from ._console import EXIT_FAILED, say
 from ._supervise import (
@@ -68,6 +70,10 @@ from ._supervise import (
     spawn_error,
     wait_child,
 )
+
+TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
+if TYPE_CHECKING:
+    from ..advertise import StyleChoice
 
 __all__ = ["command", "configure"]
 
@@ -141,31 +147,73 @@ def _warn_own_jobs(cmd: Sequence[str]) -> None:
         say(_NAME, f"`ninja {given}` ignores the pool; drop {given} to share it")
 
 
-def _offer(pool: TokenPool, style: str, cmd: Sequence[str], verbose: bool) -> Advertisement:
-    """Advertise *pool* to *cmd* as ``--style`` says (and say how, with ``-v``)."""
-    adv = advertise(
-        pool, "pipe" if style == "pipe" else "fifo" if style == "fifo" else "auto", command=cmd
-    )
-    if verbose:
-        auth = parse_makeflags(adv.environ.get("MAKEFLAGS") or "").auth
+class _Offer:
+    """What CMD is started with, from an advertisement or a relay (closed after CMD ran)."""
+
+    def __init__(self, adv: Advertisement | None = None, relay: Relay | None = None) -> None:
+        self.adv = adv
+        self.relay = relay
+        self.environ: dict[str, str] = {}
+        self.pass_fds: tuple[int, ...] = ()
+        if relay is not None:
+            self.environ, self.pass_fds = relay.environ(), relay.pass_fds
+        elif adv is not None:
+            self.environ, self.pass_fds = adv.environ, adv.pass_fds
+
+    def started(self) -> None:
+        """CMD has its copies of the descriptors opened for it."""
+        if self.adv is not None:
+            self.adv.close()
+
+    def close(self) -> None:
+        if self.adv is not None:
+            self.adv.close()
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.close()
+            if relay.lost:
+                say(
+                    _NAME,
+                    f"{relay.lost} jobserver token(s) the relay lent never came back through"
+                    " its fifo (a process died holding them); given back to the pool",
+                )
+
+
+def _offer(pool: TokenPool, args: argparse.Namespace, cmd: Sequence[str]) -> _Offer:
+    """Offer *pool* to *cmd* as ``--style`` says (and say how, with ``-v``)."""
+    style = args.style
+    preferred = command_style(cmd) if style == "auto" else style
+    relay = None
+    if pool.style == "pipe" and preferred == "fifo" and args.relay:
+        relay = Relay(pool)
+    elif pool.style == "pipe" and preferred == "fifo":
+        try:
+            fifo_path(pool)
+        except CannotAdvertise:
+            relay = Relay(pool)  # no /proc/PID/fd here: the relay is the only way
+    offer = _Offer(relay=relay.__enter__()) if relay is not None else None
+    if offer is None:
+        choice: StyleChoice = "pipe" if style == "pipe" else "fifo" if style == "fifo" else "auto"
+        offer = _Offer(adv=advertise(pool, choice, command=cmd))
+    if args.verbose:
+        auth = parse_makeflags(offer.environ.get("MAKEFLAGS") or "").auth
         if isinstance(auth, FifoAuth):
             where = f"fifo:{auth.path}"
         elif isinstance(auth, PipeAuth):
             where = f"fds {auth.read_fd},{auth.write_fd}"
-        else:  # pragma: no cover - advertise always names the pool
+        else:  # pragma: no cover - every offer names the pool
             where = "?"
+        form = "fifo" if isinstance(auth, FifoAuth) else "pipe"
+        how = " through a relay" if offer.relay is not None else ""
         name = os.path.basename(cmd[0])
-        preferred = command_style(cmd) if style == "auto" else None
         if style != "auto":
             why = f"--style {style}"
         elif preferred is None:
             why = f"{name} has no known preference: the pool's own form"
-        elif preferred == adv.style:
-            why = f"{name} is best given a {preferred} pool"
         else:
-            why = f"{name} prefers {preferred}, which cannot be offered here"
-        say(_NAME, f"offering the {pool.style} pool as {adv.style} ({where}): {why}")
-    return adv
+            why = f"{name} is best given a {preferred} pool"
+        say(_NAME, f"offering the {pool.style} pool as {form}{how} ({where}): {why}")
+    return offer
 
 
 def command(args: argparse.Namespace) -> int:
@@ -178,7 +226,7 @@ def command(args: argparse.Namespace) -> int:
         # still closed by the finally below).
         catcher.raising = True
         pool: TokenPool | None = None
-        adv: Advertisement | None = None
+        offer: _Offer | None = None
         try:
             env: dict[str, str] | None = None
             pass_fds: tuple[int, ...] = ()
@@ -191,11 +239,11 @@ def command(args: argparse.Namespace) -> int:
                     _explain_no_pool()
             if pool is not None:
                 try:
-                    adv = _offer(pool, args.style, cmd, args.verbose)
+                    offer = _offer(pool, args, cmd)
                 except (CannotAdvertise, OSError) as e:
                     say(_NAME, f"cannot offer the pool as --style {args.style}: {e}")
                     return EXIT_FAILED
-                env, pass_fds = adv.environ, adv.pass_fds
+                env, pass_fds = offer.environ, offer.pass_fds
                 _warn_own_jobs(cmd)
             catcher.raising = False
             try:
@@ -203,8 +251,8 @@ def command(args: argparse.Namespace) -> int:
             except OSError as e:
                 status = spawn_error(_NAME, cmd[0], e)
             else:
-                if adv is not None:
-                    adv.close()  # the command has its copies
+                if offer is not None:
+                    offer.started()
                 catcher.attach(child)
                 wait_child(child, catcher)
                 assert child.returncode is not None
@@ -214,8 +262,8 @@ def command(args: argparse.Namespace) -> int:
             status = 128 + s.signum
             rekill = s.signum if s.signum in REKILL else None
         finally:
-            if adv is not None:
-                adv.close()
+            if offer is not None:
+                offer.close()
             if pool is not None:
                 pool.close()
     if rekill is not None:
@@ -256,6 +304,11 @@ example (Makefile recipe, make 4.3):  +makejobs bridge --style fifo -- ninja -C 
         choices=("auto", "pipe", "fifo"),
         default="auto",
         help="the form CMD gets the pool in (default: auto; see below)",
+    )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="offer a pipe pool as a fifo through a relay, as systems without /proc do",
     )
     parser.add_argument(
         "-v",
