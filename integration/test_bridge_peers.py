@@ -277,6 +277,7 @@ DECIDING = {
     ("make43", "auto-fifo"): "joins",
     ("make441", "auto-pipe"): "joins",
     ("ninja", "auto-pipe"): "joins",
+    ("fifo-only", "auto-pipe"): "joins",
     ("cargo", "auto-fifo"): "joins",
     ("make441", "pipe-by-path"): "joins",
     ("fifo-only", "pipe-by-path"): "joins",

@@ -27,9 +27,9 @@ open; opening it needs the same user (procfs checks ptrace access). Measured
 against the real consumers (see the README's table): make 4.4.1, ninja 1.13
 and cargo join a pipe pool offered this way; make 4.3 dies on it as on any
 ``fifo:`` auth. Elsewhere (no ``/proc/PID/fd``) a pipe cannot be opened by
-path, and :class:`CannotAdvertise` says so: a relay between the pipe and a
-real fifo would have to keep a token waiting in the fifo at all times, since
-nothing tells it that a process is waiting to read one.
+path, and :class:`CannotAdvertise` says so; :class:`makejobs.relay.Relay`
+(what ``makejobs bridge`` uses there) relays the tokens through a private
+fifo instead, at the price of one token kept waiting in it.
 
 *A fifo pool as a pipe.* The fifo is opened again by path, once for reading and
 once for writing, each a new description that only the child shares (set

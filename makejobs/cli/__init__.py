@@ -5,7 +5,7 @@ Subcommands, each documented in its module
 
 * ``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
   (:mod:`~makejobs.cli.serve`): create a pool of N slots and run CMD under it.
-* ``makejobs bridge [--style pipe|fifo|auto] [-v] -- CMD ...``
+* ``makejobs bridge [--style pipe|fifo|auto] [--relay] [-v] -- CMD ...``
   (:mod:`~makejobs.cli.bridge`): run CMD on the inherited pool, offered in the
   form CMD speaks; exit statuses as ``serve``'s.
 * ``makejobs exec [--min A] [--max B] [--wait SECONDS] [--env NAME] -- CMD ...``

@@ -1,4 +1,4 @@
-"""``makejobs bridge [--style pipe|fifo|auto] [-v] -- CMD ...``
+"""``makejobs bridge [--style pipe|fifo|auto] [--relay] [-v] -- CMD ...``
 
 Run CMD on the pool this process inherited, offered in the form CMD speaks.
 Nothing is created and nothing is held: CMD runs on this process's implicit
@@ -8,9 +8,12 @@ it in another form (see :mod:`makejobs.advertise`):
 
 * ``--style fifo``: ``--jobserver-auth=fifo:PATH``. A fifo pool keeps its
   path; a pipe pool is offered as ``/proc/PID/fd/N`` (Linux), PID being the
-  bridge, which holds the pipe while CMD runs. For upstream ninja 1.13
-  (it ignores pipe pools) and for make >= 4.4 or cargo children that are
-  started without the descriptors (Python's ``subprocess`` closes them).
+  bridge, which holds the pipe while CMD runs. Where ``/proc/PID/fd`` does
+  not open pipes (macOS, BSD), or with ``--relay``, a private fifo relays
+  the tokens (:mod:`makejobs.relay`: one token waits in it while CMD runs).
+  For upstream ninja 1.13 (it ignores pipe pools) and for make >= 4.4 or
+  cargo children that are started without the descriptors (Python's
+  ``subprocess`` closes them).
 * ``--style pipe``: ``-j --jobserver-fds=R,W --jobserver-auth=R,W`` with
   descriptors CMD inherits. A fifo pool is opened again for CMD. For make
   <= 4.3 (it dies on a fifo pool), make 3.81 (it needs the bare ``-j`` and
@@ -18,7 +21,7 @@ it in another form (see :mod:`makejobs.advertise`):
 * ``--style auto`` (default): from CMD's name, by
   :func:`makejobs.advertise.command_style`: make asks ``make --version``
   (4.4 and later: fifo, older: pipe), ninja gets fifo, cargo pipe, anything
-  else the pool's own form. A form this system cannot give is not forced.
+  else the pool's own form.
 
 ``-v`` prints the form chosen and why.
 
@@ -36,7 +39,8 @@ A make given ``-jN`` (even a bare ``-j``) on its command line leaves the pool
 Exit status and signals as ``serve``'s (:mod:`makejobs.cli._supervise`):
 CMD's status, 128+N when it died of signal N (and the bridge dies of the
 SIGINT/SIGTERM/SIGHUP it passed on); 126/127 CMD cannot be run; 125 the pool
-cannot be offered in the form asked for.
+cannot be offered in the form asked for (its fifo cannot be opened again,
+no relay can be made).
 """
 
 from __future__ import annotations
@@ -283,8 +287,9 @@ styles:
   auto (default)  from CMD's name: make asks `make --version` (>= 4.4: fifo, older:
                   pipe); ninja: fifo; cargo, rustc: pipe; anything else: the pool's
                   own form
-  fifo            --jobserver-auth=fifo:PATH; a pipe pool by /proc/PID/fd/N (Linux), so
-                  it reaches upstream ninja 1.13 and children that do not inherit fds
+  fifo            --jobserver-auth=fifo:PATH; a pipe pool by /proc/PID/fd/N (Linux), or
+                  through a relay fifo elsewhere (--relay forces it), so it reaches
+                  upstream ninja 1.13 and children that do not inherit fds
   pipe            -j --jobserver-fds=R,W --jobserver-auth=R,W with fds CMD inherits; a
                   fifo pool is opened again for CMD (make <= 4.3 dies on fifo pools)
 
