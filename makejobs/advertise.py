@@ -314,7 +314,7 @@ def _make_version(path: str) -> tuple[int, int] | None:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
-            timeout=10,
+            timeout=5,
             check=False,
         ).stdout
     except (OSError, subprocess.SubprocessError):

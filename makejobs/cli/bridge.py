@@ -91,7 +91,7 @@ def _explain_no_pool() -> None:
     """Say why there is nothing to bridge, and what to do instead."""
     flags = parse_makeflags(os.environ.get("MAKEFLAGS") or "")
     if os.environ.get("MAKEFLAGS") is None:
-        why = "no jobserver pool is advertised (no MAKEFLAGS, nor CARGO_MAKEFLAGS)"
+        why = "no jobserver pool is advertised (in MAKEFLAGS, CARGO_MAKEFLAGS or MFLAGS)"
     elif flags.jobs == 1:
         why = "MAKEFLAGS says -j1: make runs one job at a time and advertises no pool"
     elif re.search(r"(^|\s)-[A-Za-z]*j(\s|$)", os.environ["MAKEFLAGS"]):
@@ -113,8 +113,7 @@ def _explain_unusable(error: JobserverUnavailable) -> dict[str, str]:
     is replaced by ``-2,-2``, so that CMD and what it starts never read fds
     that now name other files.
     """
-    disabled = any(parse_makeflags(os.environ.get(v) or "").disabled for v in ENVIRON_VARIABLES)
-    if disabled:
+    if parse_makeflags(os.environ.get(error.variable or "MAKEFLAGS") or "").disabled:
         say(
             _NAME,
             "--jobserver-auth=-2,-2 is how make 4.4 tells a command it does not run as"
