@@ -184,7 +184,8 @@ def fifo_path(pool: TokenPool) -> str:
         raise CannotAdvertise(
             f"a pipe pool can be offered by path only where /proc/PID/fd opens pipes"
             f" (Linux); {path} does not, on {sys.platform}: create the pool as a fifo"
-            " instead (TokenPool.create(style='fifo'), makejobs serve --style fifo)"
+            " instead (TokenPool.create(style='fifo'), makejobs serve --style fifo), or"
+            " relay its tokens through one (makejobs.relay.Relay, as makejobs bridge does)"
         )
     return path
 
