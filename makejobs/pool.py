@@ -37,6 +37,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import stat
 import threading
 import warnings
 import weakref
@@ -1027,7 +1028,13 @@ class TokenPool:
         """A fresh ``MAKEFLAGS`` value advertising this pool."""
         return format_makeflags(MakeFlags(auth=self.auth, jobs=self.slots))
 
-    def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    def environ(
+        self,
+        base: Mapping[str, str] | None = None,
+        *,
+        style: Literal["pipe", "fifo", "auto"] | None = None,
+        command: Any = None,
+    ) -> dict[str, str]:
         """The environment for a child that should join this pool.
 
         A copy of *base* (default ``os.environ``) whose ``MAKEFLAGS`` and
@@ -1035,7 +1042,16 @@ class TokenPool:
         overrides are kept) and whose ``CARGO_MAKEFLAGS`` does too. In pipe
         style, also hand :attr:`pass_fds` to the child (``subprocess`` closes
         every other fd).
+
+        *style* offers the pool in another form (see :mod:`makejobs.advertise`):
+        ``"fifo"`` names a pipe pool by path (``/proc/PID/fd/N``, Linux), so a
+        child reaches it without inheriting anything; ``"auto"`` picks the form
+        from *command*. None (the default) is the pool's own form.
         """
+        if style is not None:
+            from . import advertise
+
+            return advertise.environ(self, style, command=command, base=base)
         env = dict(os.environ if base is None else base)
         ledger_path = self._core.ledger_path
         if ledger_path is not None:
@@ -1233,14 +1249,28 @@ def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
     A process has one implicit slot, whatever number of handles it opens on a
     pool: joining a pool this process already holds (say, a Jobserver job
     calling from_environ() on the pool its parent exported to it) gives a
-    handle on the same pool instead of a second pool with a second implicit slot.
+    handle on the same pool instead of a second pool with a second implicit
+    slot. A fifo path is matched by what it opens too: ``/proc/PID/fd/N``, the
+    by-path form of a pipe pool (see makejobs.advertise), names that pipe.
     """
+    same = _identity(auth.path) if isinstance(auth, FifoAuth) else None
     for core in list(_live_cores):
-        if not core.closed and auth in (core.auth, core.source_auth):
+        if core.closed:
+            continue
+        if auth in (core.auth, core.source_auth) or (same is not None and core.identity == same):
             core.own()
             with contextlib.suppress(ValueError):
                 return TokenPool._attach(core)
     return None
+
+
+def _identity(file: str | int) -> tuple[int, int] | None:
+    """(device, inode) of the fifo or pipe at a path or fd; None if it is not one."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISFIFO(st.st_mode) else None
 
 
 def _core_with_identity(identity: tuple[int, int], exclude: _Core) -> _Core | None:

@@ -5,13 +5,16 @@ and :class:`subprocess.Popen`, plus the pool. They:
 
 1. take one slot of the pool (blocking; ``slot_timeout=`` bounds the wait and
    raises :class:`~makejobs.errors.Blocked`);
-2. start the command with the pool exported to it: ``env`` (default
-   ``os.environ``) gets ``MAKEFLAGS``/``MFLAGS``/``CARGO_MAKEFLAGS`` advertising
-   the pool (see :meth:`~makejobs.pool.TokenPool.environ`) and, for a pipe pool,
-   the pool's descriptors are added to ``pass_fds``. The slot we hold is the
-   child's implicit slot, so a ``make`` or ``ninja`` started this way runs its
-   first job on it and takes further tokens from the pool, exactly as under a
-   parent make;
+2. start the command with the pool exported to it, in the form the command
+   speaks (``style="auto"``, the default; see :mod:`makejobs.advertise`):
+   ``env`` (default ``os.environ``) gets ``MAKEFLAGS``/``MFLAGS``/
+   ``CARGO_MAKEFLAGS`` advertising the pool and, in pipe form, the pool's
+   descriptors are added to ``pass_fds``. So make 4.3 gets pipe descriptors
+   even from a fifo pool, and make >= 4.4 and ninja get a path even to a pipe
+   pool (Linux). ``style="pipe"``/``"fifo"`` force a form, ``style=None``
+   keeps the pool's own. The slot we hold is the child's implicit slot, so a
+   ``make`` or ``ninja`` started this way runs its first job on it and takes
+   further tokens from the pool, exactly as under a parent make;
 3. give the slot back once the process has been reaped, never earlier: by
    ``wait()``, a ``poll()`` that sees the exit, ``communicate()`` or leaving the
    ``with`` block. It is given back exactly once.
@@ -28,9 +31,11 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from .advertise import Advertisement, advertise
 from .errors import PoolBroken
 
 if TYPE_CHECKING:
+    from .advertise import StyleChoice
     from .pool import Token, TokenPool
 
 __all__ = ["JobPopen", "popen", "run"]
@@ -40,19 +45,19 @@ __all__ = ["JobPopen", "popen", "run"]
 _inheritable_lock = threading.Lock()
 
 
-def _child_kwargs(pool: TokenPool, kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Popen keyword arguments that export *pool*; and whether fds must be made inheritable.
+def _child_kwargs(adv: Advertisement, kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Popen keyword arguments that export the pool as *adv* says; and whether
+    its fds must be made inheritable.
 
-    ``env`` becomes ``pool.environ(env)``. With ``close_fds`` true (the default)
-    the pool's descriptors join ``pass_fds``. With ``close_fds=False`` adding
+    ``env`` becomes ``adv.environ``. With ``close_fds`` true (the default) the
+    advertised descriptors join ``pass_fds``. With ``close_fds=False`` adding
     ``pass_fds`` would silently turn ``close_fds`` back on (subprocess warns and
     closes everything else), so instead the caller makes the descriptors
     inheritable for the duration of the spawn.
     """
     out = dict(kwargs)
-    env = out.get("env")
-    out["env"] = pool.environ(env)
-    fds = pool.pass_fds
+    out["env"] = adv.environ
+    fds = adv.pass_fds
     if not fds:
         return out, False
     if out.get("close_fds", True) is False and not out.get("pass_fds"):
@@ -83,27 +88,37 @@ class JobPopen(subprocess.Popen[Any]):
     ``wait()`` fail.
     """
 
-    def __init__(self, args: Any, *, pool: TokenPool, token: Token, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        args: Any,
+        *,
+        pool: TokenPool,
+        token: Token,
+        style: StyleChoice = "auto",
+        **kwargs: Any,
+    ) -> None:
         # Set before Popen.__init__, which may raise: __del__ and the release
         # logic must find them on a half-built object too.
         self._slot_lock = threading.Lock()
         self._slot_pool: TokenPool | None = pool
         self._slot_token: Token | None = token
         try:
-            child_kwargs, inherit = _child_kwargs(pool, kwargs)
-            if inherit:
-                with _inheritable_lock:
-                    fds = pool.pass_fds
-                    before = [os.get_inheritable(fd) for fd in fds]
-                    for fd in fds:
-                        os.set_inheritable(fd, True)
-                    try:
-                        super().__init__(args, **child_kwargs)
-                    finally:
-                        for fd, was in zip(fds, before):
-                            os.set_inheritable(fd, was)
-            else:
-                super().__init__(args, **child_kwargs)
+            command = kwargs.get("executable") or args
+            with advertise(pool, style, command=command, base=kwargs.get("env")) as adv:
+                child_kwargs, inherit = _child_kwargs(adv, kwargs)
+                if inherit:
+                    with _inheritable_lock:
+                        fds = adv.pass_fds
+                        before = [os.get_inheritable(fd) for fd in fds]
+                        for fd in fds:
+                            os.set_inheritable(fd, True)
+                        try:
+                            super().__init__(args, **child_kwargs)
+                        finally:
+                            for fd, was in zip(fds, before):
+                                os.set_inheritable(fd, was)
+                else:
+                    super().__init__(args, **child_kwargs)
         except BaseException:
             self._give_slot_back()
             raise
@@ -172,7 +187,12 @@ class JobPopen(subprocess.Popen[Any]):
 
 
 def popen(
-    pool: TokenPool, args: Any, *, slot_timeout: float | None = None, **kwargs: Any
+    pool: TokenPool,
+    args: Any,
+    *,
+    slot_timeout: float | None = None,
+    style: StyleChoice = "auto",
+    **kwargs: Any,
 ) -> JobPopen:
     """Take a slot of *pool* and start ``subprocess.Popen(args, **kwargs)`` on it.
 
@@ -183,6 +203,9 @@ def popen(
             with the pool's descriptors; ``close_fds=False`` is honoured.
         slot_timeout: seconds to wait for a slot (None: forever, 0: only if
             one is free right now).
+        style: the form the child gets the pool in: ``"auto"`` (from the
+            command, see :func:`makejobs.advertise.command_style`), ``"pipe"``,
+            ``"fifo"``, or None for the pool's own.
 
     Returns:
         A :class:`JobPopen` holding the slot until it is reaped.
@@ -190,11 +213,13 @@ def popen(
     Raises:
         Blocked: no slot within *slot_timeout* (nothing was started).
         PoolBroken: the pool returned end-of-file.
+        CannotAdvertise: *style* asks for a form this pool cannot be offered
+            in here (a pipe pool as a fifo without ``/proc``).
         OSError, ValueError, ...: as :class:`subprocess.Popen` (the slot is
             given back first).
     """
     token = pool.acquire(slot_timeout)
-    return JobPopen(args, pool=pool, token=token, **kwargs)
+    return JobPopen(args, pool=pool, token=token, style=style, **kwargs)
 
 
 def run(
@@ -206,6 +231,7 @@ def run(
     timeout: float | None = None,
     check: bool = False,
     slot_timeout: float | None = None,
+    style: StyleChoice = "auto",
     **kwargs: Any,
 ) -> subprocess.CompletedProcess[Any]:
     """Like :func:`subprocess.run`, holding one slot of *pool* for the life of the process.
@@ -214,7 +240,7 @@ def run(
     ``timeout``, ``check`` and every :class:`subprocess.Popen` argument), plus
     *slot_timeout*: seconds to wait for the slot before raising
     :class:`~makejobs.errors.Blocked` (``timeout`` only covers the process, as
-    in :mod:`subprocess`).
+    in :mod:`subprocess`), and *style*, as for :func:`popen`.
 
     The slot is given back only after the process has been reaped, on every
     path: on ``timeout`` the child is killed and reaped before
@@ -238,7 +264,7 @@ def run(
             raise ValueError("stdout and stderr arguments may not be used with capture_output.")
         kwargs["stdout"] = subprocess.PIPE
         kwargs["stderr"] = subprocess.PIPE
-    with popen(pool, args, slot_timeout=slot_timeout, **kwargs) as process:
+    with popen(pool, args, slot_timeout=slot_timeout, style=style, **kwargs) as process:
         try:
             stdout, stderr = process.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:

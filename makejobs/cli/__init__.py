@@ -5,6 +5,9 @@ Subcommands, each documented in its module
 
 * ``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
   (:mod:`~makejobs.cli.serve`): create a pool of N slots and run CMD under it.
+* ``makejobs bridge [--style pipe|fifo|auto] [--relay] [-v] -- CMD ...``
+  (:mod:`~makejobs.cli.bridge`): run CMD on the inherited pool, offered in the
+  form CMD speaks; exit statuses as ``serve``'s.
 * ``makejobs exec [--min A] [--max B] [--wait SECONDS] [--env NAME] -- CMD ...``
   (:mod:`~makejobs.cli.exec_`): hold slots of the inherited pool for a tool
   that takes a job count, and give them back when it exits.
@@ -78,6 +81,7 @@ __all__ = [
 #: command line costs.
 _COMMANDS = {
     "serve": ("serve", "create a pool of N slots and run a command under it"),
+    "bridge": ("bridge", "run a command on the inherited pool, in the form it speaks"),
     "exec": ("exec_", "hold slots of the inherited pool for a tool that takes a job count"),
     "run": ("run", "run shell command lines in parallel on the pool"),
     "status": ("status", "describe the pool this environment advertises"),
