@@ -235,11 +235,6 @@ def test_a_jobs_pool_run_gives_make43_the_pipe(peers: dict[str, Peer], tmp_path:
         assert spans_peak(log, names) == JOB_SLOTS, output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job exports its pool's own (pipe) form until jobserver.py/_child.py export"
-    " advertise.for_any_child(pool): see the README, 'Jobs' children'",
-)
 @pytest.mark.parametrize("key", ["make441", "ninja"])
 def test_a_jobs_plain_subprocess_run_joins_by_default(
     key: str, peers: dict[str, Peer], monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -155,8 +155,17 @@ def exported_here() -> tuple[object, ...]:
 
 
 def pool_exports(pool: TokenPool) -> Exports:
-    """The EXPORTED values that advertise *pool*, given this process's environment."""
-    exported = pool.environ(os.environ)
+    """The EXPORTED values that advertise *pool* to a job's children, whatever starts them.
+
+    The form is :func:`makejobs.advertise.for_any_child`'s: a pipe pool
+    created here is named by its ``/proc`` path where that reaches the most
+    consumers (a plain ``subprocess.run`` closes inherited fds), and a pool
+    this process was given keeps the form it was given in.
+    """
+    from .advertise import for_any_child
+
+    with for_any_child(pool, os.environ) as advertised:
+        exported = advertised.environ
     return tuple((name, exported[name]) for name in EXPORTED if name in exported)
 
 
