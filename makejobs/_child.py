@@ -363,6 +363,7 @@ def spawned_main(
     exports: Exports | None = None,
     life: ResultFd | None = None,
     sigmask: tuple[int, ...] | None = None,
+    memfd: ResultFd | None = None,
 ) -> None:
     """Entry point of a job started through a multiprocessing context.
 
@@ -370,7 +371,8 @@ def spawned_main(
     :mod:`makejobs.guardian`): held, untouched, for as long as the job runs.
     *sigmask* is the submitting thread's signal mask outside makejobs: the
     job was started while SIGINT and SIGTERM were held off there, and a new
-    process inherits the mask of the thread that started it.
+    process inherits the mask of the thread that started it. With *memfd* the
+    frame is written there, and the result pipe only tells when we are gone.
     """
     global _life
     if sigmask is not None:
@@ -380,7 +382,11 @@ def spawned_main(
         os.set_inheritable(_life, False)
     fd = result.detach()
     os.set_inheritable(fd, False)  # exec'd grandchildren must not pin the pipe
-    code = run_job(fd, fn, args, kwargs, env, preexec_fn, pool, exports)
+    out = fd
+    if memfd is not None:
+        out = memfd.detach()
+        os.set_inheritable(out, False)
+    code = run_job(out, fn, args, kwargs, env, preexec_fn, pool, exports)
     # Closed now: multiprocessing has more to do before this process exits.
     with contextlib.suppress(OSError):
         os.close(fd)

@@ -34,7 +34,7 @@ from typing import Any
 from . import _posix
 from . import pool as _pool
 from .errors import CallbackRaised, JobserverUnavailable, PoolBroken
-from .future import Future
+from .future import DONE, Future
 from .pool import Token, TokenPool
 
 __all__ = ["Engine", "live_engines", "running_jobs"]
@@ -296,6 +296,7 @@ class Engine:
             # A waiter first, then the fds: whoever changes the set after our
             # snapshot finds us among the waiters and wakes us.
             self.waiters.add(wake.w)
+        stranded: list[Future[Any]] = []
         try:
             watched: dict[int, Future[Any]] = {}
             for future in list(self.running):
@@ -303,7 +304,12 @@ class Engine:
                 if fd is not None:
                     watched[fd] = future
                     register(fd, _POLLIN)
-            if timeout is None:
+                elif future._state is DONE:
+                    # Done, but an interruption kept service() from moving it on.
+                    stranded.append(future)
+            if stranded:
+                ms = 0
+            elif timeout is None:
                 ms = -1
             else:
                 ms = int(min(max(timeout, 0.0), _MAX_WAIT) * 1000 + 0.999)
@@ -311,6 +317,10 @@ class Engine:
         finally:
             if wake is not None:
                 self.waiters.discard(wake.w)
+        for future in stranded:
+            self.finishing[future] = None
+            self.running.pop(future, None)
+            self.finish(future)
         pool_ready = False
         for fd, _mask in events:
             if wake is not None and fd == wake.r:

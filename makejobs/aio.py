@@ -139,11 +139,13 @@ class _Waiters:
                 os.close(fd)
                 raise
             self.fd = fd
+            self.pool._want()  # a helper thread reading a blocking pool, if any, must read
         elif not wanted:
             if self.fd is not None:
                 self.loop.remove_reader(self.fd)
                 os.close(self.fd)
                 self.fd = None
+                self.pool._unwant()
             # Also when no reader was needed (the first dispatch served
             # everyone): the registry must not keep the pool alive.
             _unregister(self)

@@ -90,6 +90,10 @@ class _Process(_JobProcess):
         if self._pidfd is None and _HAVE_PIDFD and not self._reaped:
             try:
                 self._pidfd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                # Our unreaped child would still have its pid: it was reaped for
+                # us (SIGCHLD ignored) or by someone else. Its status is lost.
+                self._reaped = True
             except OSError:
                 pass
         return self._pidfd
@@ -139,11 +143,45 @@ class _MultiprocessingProcess(_JobProcess):
             return True
         self._process.join(None if block else 0)
         if self._process.exitcode is None:
-            return False
+            if not _reaped_elsewhere(self.pid, self._process.sentinel):
+                return False
+            # Gone, yet multiprocessing cannot reap it: SIGCHLD is ignored (the
+            # kernel reaped it, and waitpid fails), or someone else reaped it.
+            # Its exit status is lost; what it wrote is not.
+            self._reaped = True
+            _forget_multiprocessing_child(self._process)
+            return True
         self.exitcode = self._process.exitcode
         self._reaped = True
         self._process.close()
         return True
+
+
+def _reaped_elsewhere(pid: int, sentinel: int) -> bool:
+    """True when our child *pid* has exited and can no longer be reaped by us."""
+    import select
+
+    readable, _, _ = select.select([sentinel], [], [], 0)
+    if not readable:
+        return False  # still running (its sentinel closes as it exits)
+    if not hasattr(os, "waitid"):  # pragma: no cover - every POSIX system we know has it
+        return False
+    try:
+        # WNOWAIT: only look. An exiting child that is not a zombie yet gives None.
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def _forget_multiprocessing_child(process: Any) -> None:
+    # multiprocessing keeps unreaped children in a module set and polls them on
+    # every active_children(); one that can never be reaped would stay forever.
+    from multiprocessing import process as mp_process
+
+    children = getattr(mp_process, "_children", None)
+    if isinstance(children, set):
+        children.discard(process)
 
 
 def describe_exit(pid: int, exitcode: int | None) -> str:
@@ -200,7 +238,8 @@ class Future(Generic[T]):
         self._memfd = memfd
         # The fd whose readiness means progress (the pipe or the exit fd), None
         # once done. Changed only under _lock, by _advance.
-        self._watch: int | None = result_fd if memfd is None else process.exit_fd()
+        watch = None if memfd is None else process.exit_fd()
+        self._watch: int | None = result_fd if watch is None else watch
         # What the pipe delivered so far: bytes while it came in one read (the
         # usual case), a bytearray once a second chunk had to be appended.
         self._data: bytes | bytearray = b""
@@ -370,14 +409,18 @@ class Future(Generic[T]):
         microseconds later. A pipe still open after the reap (a grandchild
         holds it) is watched again until its end-of-file.
 
+        Every step may be interrupted (a KeyboardInterrupt arrives at any
+        bytecode) and this called again: each one looks at where the previous
+        call got to, and the outcome, once decoded, is never decoded again.
         Keeps ``_watch`` up to date. The caller holds ``self._lock``.
         """
         if self._state is DONE:
             return True
+        if self._outcome is not None:
+            return self._settle_outcome()
         if self._memfd is not None:
             return self._advance_in_memory()
         fd = self._fd
-        data = self._data
         if fd is not None:
             try:
                 while True:
@@ -392,17 +435,17 @@ class Future(Generic[T]):
                         os.close(fd)
                         fd = None
                         break
+                    data = self._data
                     if not data:
-                        data = chunk
+                        self._data = chunk
                     else:
                         if type(data) is bytes:
-                            data = bytearray(data)
+                            data = self._data = bytearray(data)
                         data += chunk
             except BlockingIOError:
                 pass
-            self._data = data
         process = self._process
-        if fd is not None and not _child.frame_complete(data):
+        if fd is not None and not _child.frame_complete(self._data):
             # The pipe is open and the frame incomplete: wait for more data.
             self._watch = fd
             return False
@@ -420,11 +463,8 @@ class Future(Generic[T]):
         if fd is not None:
             self._watch = fd  # reaped, but a grandchild still holds the pipe
             return False
-        self._outcome = _child.decode_frame(data)
-        self._data = b""
-        self._state = DONE
-        self._watch = None
-        return True
+        self._outcome = _child.decode_frame(self._data)
+        return self._settle_outcome()
 
     def _advance_in_memory(self) -> bool:
         """_advance for a frame in a memfd: done once the process is reaped and
@@ -433,7 +473,8 @@ class Future(Generic[T]):
         The exit fd is watched first: the pipe closes with the process, so one
         read after the reap usually finds its end-of-file. If something the
         job forked still holds the pipe, it runs on the job's slot: the pipe
-        is then watched until it is gone too.
+        is then watched until it is gone too. The memfd is read with pread,
+        so reading it again after an interruption reads the same frame.
         """
         process = self._process
         if not process.poll():
@@ -455,12 +496,16 @@ class Future(Generic[T]):
             os.close(fd)
         memfd = self._memfd
         assert memfd is not None
-        self._memfd = None
-        try:
-            data = _read_memfd(memfd)
-        finally:
+        self._outcome = _child.decode_frame(_read_memfd(memfd))
+        return self._settle_outcome()
+
+    def _settle_outcome(self) -> bool:
+        """The outcome is known: let go of what is left and be done."""
+        memfd = self._memfd
+        if memfd is not None:
+            self._memfd = None
             os.close(memfd)
-        self._outcome = _child.decode_frame(data)
+        self._data = b""
         self._state = DONE
         self._watch = None
         return True

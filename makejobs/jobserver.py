@@ -334,7 +334,11 @@ class Jobserver:
                     engine.release(tokens.pop())
                 if remaining is not None and remaining <= 0:
                     raise Blocked(f"no free slot within {timeout} s")
-                engine.progress(remaining, pool=True)
+                pool._want()
+                try:
+                    engine.progress(remaining, pool=True)
+                finally:
+                    pool._unwant()
             else:
                 if remaining is not None and remaining <= delay:
                     # Asked to ask again only after the deadline: it cannot be admitted.
@@ -384,21 +388,25 @@ class Jobserver:
             # signal mask, and the fork server passes it on to every job.
             _ensure_forkserver()
         old = _sigmask(_SIG_BLOCK, ())
-        r = w = -1
+        r = w = m = -1
         process: _MultiprocessingProcess | None = None
         try:
             _sigmask(_SIG_BLOCK, _BLOCKED_SIGNALS)
+            if _memfd_results():
+                # As for forked jobs: the frame is read with pread once the
+                # process is gone, so an interrupted read never costs it.
+                m = os.memfd_create("makejobs-result", _MFD_CLOEXEC)
             r, w = os.pipe()
             with engine.spawn_lock:
                 if self._closed:
                     raise RuntimeError("the Jobserver is closed")
-                process = self._start(w, life, old, fn, args, kwargs, env, preexec_fn, exports)
+                process = self._start(w, m, life, old, fn, args, kwargs, env, preexec_fn, exports)
                 # Close our copy of the write end before any other job starts,
                 # so end-of-file means exactly "this job's process is done".
                 os.close(w)
                 w = -1
                 os.set_blocking(r, False)
-                future: Future[Any] = Future(engine, process, r, tokens)
+                future: Future[Any] = Future(engine, process, r, tokens, m if m >= 0 else None)
                 engine.add(future)
             return future
         except BaseException:
@@ -406,7 +414,8 @@ class Jobserver:
                 # Never registered: it must not run on tokens about to go back.
                 process.kill(signal.SIGKILL)
                 process.poll(block=True)
-            _posix.close_quietly(*(fd for fd in (r, w) if fd >= 0))
+            if not engine.owns(tokens):
+                _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
             raise
         finally:
             _sigmask(_SIG_SETMASK, old)
@@ -470,7 +479,7 @@ class Jobserver:
                 os.close(w)
                 w = -1
                 process = _Process(box[0])
-                if in_memory and process.exit_fd() is None:
+                if in_memory and process.exit_fd() is None and not process._reaped:
                     raise OSError("cannot open a pidfd to watch the job's process")
                 os.set_blocking(r, False)
                 future: Future[Any] = Future(engine, process, r, tokens, m if in_memory else None)
@@ -495,6 +504,7 @@ class Jobserver:
     def _start(
         self,
         w: int,
+        memfd: int,
         life: int,
         mask: set[int],
         fn: Callable[..., Any],
@@ -519,6 +529,7 @@ class Jobserver:
                     exports,
                     None if life < 0 else _child.ResultFd(life),
                     tuple(mask),
+                    None if memfd < 0 else _child.ResultFd(memfd),
                 ),
                 name="makejobs-job",
             )

@@ -47,6 +47,7 @@ from time import monotonic
 
 from . import _advertised, _posix
 from ._advertised import Advertised
+from ._reader import BlockingSource
 from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
 from .ledger import LEDGER_VARIABLE, Ledger, Record
 from .protocol import (
@@ -214,6 +215,8 @@ class _Core:
     generation: int
     creator: bool
     lock: threading.Lock
+    relay: BlockingSource | None
+    source: int
     implicit: ImplicitSlot
     free_tokens: list[Escrow]
     free_implicit: list[Escrow]
@@ -236,6 +239,7 @@ class _Core:
         source_auth: PipeAuth | FifoAuth | None = None,
         ledger_path: str | None = None,
         inherited_records: tuple[int, ...] = (),
+        shared: bool = False,
     ) -> None:
         self.style = style
         self.auth = auth
@@ -245,6 +249,9 @@ class _Core:
         self.variable = variable
         self.reader = reader
         self.writer = writer
+        # Our reader is the description make and its other clients share (no
+        # private reopen was possible): see _reader.BlockingSource.
+        self.shared = shared
         self.export_fds = export_fds
         self.fifo_dir = fifo_dir
         self.ledger = None
@@ -268,7 +275,14 @@ class _Core:
     def _setup(self, creator: bool) -> None:
         self.creator = creator
         self.lock = threading.Lock()
-        self.implicit = ImplicitSlot(self.reader)
+        self.relay = None
+        self.source = self.reader
+        if self.shared and not _posix.ATOMIC_MOVES and os.get_blocking(self.reader):
+            # A read could block: tokens come through a helper thread instead.
+            self.relay = BlockingSource(self.reader, self.writer)
+            self.source = self.relay.r
+            self._register(self.relay.r)
+        self.implicit = ImplicitSlot(self.source)
         self.free_tokens = []
         self.free_implicit = []
         self.holders = {}
@@ -308,7 +322,7 @@ class _Core:
         if implicit:
             free, source, dest = self.free_implicit, self.implicit.r, self.implicit.w
         else:
-            free, source, dest = self.free_tokens, self.reader, self.writer
+            free, source, dest = self.free_tokens, self.source, self.writer
         escrow = free.pop() if free else self._new_escrow(dest, register=not implicit)
         # The holder exists before the slot moves: whatever interrupts us after
         # the move, the token is in its escrow and the escrow is in a Token.
@@ -353,13 +367,18 @@ class _Core:
     def _new_escrow(self, dest: int, register: bool) -> Escrow:
         escrow = Escrow(dest)
         if register:
-            from . import guardian
-
-            keeper = guardian.current()
-            if keeper is not None:
-                keeper.add_escrow(self, self.writer, escrow.r)
-                escrow.registered = True
+            escrow.registered = self._register(escrow.r)
         return escrow
+
+    def _register(self, holding: int) -> bool:
+        """Tell the guardian that the pipe read through *holding* may hold our tokens."""
+        from . import guardian
+
+        keeper = guardian.current()
+        if keeper is None:
+            return False
+        keeper.add_escrow(self, self.writer, holding)
+        return True
 
     def collect(self, token: Token) -> None:
         """A token was garbage collected without being released: give its slot back."""
@@ -495,6 +514,8 @@ class _Core:
         self.free_tokens, self.free_implicit, self.holders, self.orphans = [], [], {}, []
         for escrow in escrows:
             escrow.close()
+        if self.relay is not None:
+            self.relay.close()
         _posix.close_quietly(self.reader, self.writer, *self.export_fds)
         self.implicit.close()
         if self.record is not None:
@@ -683,7 +704,7 @@ class TokenPool:
         if isinstance(auth, PipeAuth):
             try:
                 _posix.check_inherited(auth.read_fd, auth.write_fd)
-                reader, writer, _private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
+                reader, writer, private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
             except _posix.Unusable as e:
                 if isinstance(e, _posix.NotInherited):
                     hint = _OWN_FDS_HINT
@@ -708,6 +729,7 @@ class TokenPool:
                 variable=variable,
                 source_auth=auth,
                 ledger_path=ledger,
+                shared=not private,
             )
         try:
             reader, writer = _posix.open_fifo_ends(auth.path)
@@ -858,7 +880,26 @@ class TokenPool:
                 token = core.take(self, implicit=True)
                 if token is not None:
                     return token
+            token = core.take(self, implicit=False)
+            if token is not None or core.relay is None:
+                return token
+        # A blocking shared pipe: fetch a token the pool shows, briefly, and retry.
+        core.relay.prompt()
+        with core.lock:
+            if core.closed:
+                raise ValueError("the token pool is closed")
             return core.take(self, implicit=False)
+
+    def _want(self) -> None:
+        """A caller is about to wait on fileno(): with a helper thread, it must read."""
+        relay = self._core.relay
+        if relay is not None:
+            relay.want()
+
+    def _unwant(self) -> None:
+        relay = self._core.relay
+        if relay is not None:
+            relay.unwant()
 
     def acquire(self, timeout: float | None = None) -> Token:
         """Take a slot, waiting up to *timeout* seconds (None: forever; 0: not at all).
@@ -874,16 +915,20 @@ class TokenPool:
         _check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
         core = self._core
-        while True:
-            remaining = None if deadline is None else deadline - monotonic()
-            if remaining is not None and remaining <= 0:
-                raise Blocked(f"no jobserver token became free within {timeout} s")
-            _posix.wait_readable((core.reader, core.implicit.r), remaining)
-            # Readable may still mean nothing for us: another client can take
-            # the token between poll and read, which try_acquire reports as None.
-            token = self.try_acquire()
-            if token is not None:
-                return token
+        self._want()
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Blocked(f"no jobserver token became free within {timeout} s")
+                _posix.wait_readable((core.source, core.implicit.r), remaining)
+                # Readable may still mean nothing for us: another client can take
+                # the token between poll and read, which try_acquire reports as None.
+                token = self.try_acquire()
+                if token is not None:
+                    return token
+        finally:
+            self._unwant()
 
     def release(self, token: Token) -> None:
         """Give *token* back: the implicit slot becomes free, any other byte is written back.
@@ -1195,7 +1240,7 @@ def _rebuild_pipe(read: Any, write: Any, state: dict[str, Any]) -> TokenPool:
     os.set_inheritable(w, False)
     records = _detach_records(state)
     try:
-        reader, writer, _private = _posix.open_pipe_ends(r, w)
+        reader, writer, private = _posix.open_pipe_ends(r, w)
     except _posix.Unusable as e:
         _posix.close_quietly(r, w, *records)
         raise JobserverUnavailable(f"cannot use the pickled jobserver pipe: {e}") from None
@@ -1211,6 +1256,7 @@ def _rebuild_pipe(read: Any, write: Any, state: dict[str, Any]) -> TokenPool:
         variable=state["variable"],
         ledger_path=state["ledger"],
         inherited_records=records,
+        shared=not private,
     )
 
 

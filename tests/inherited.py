@@ -12,7 +12,22 @@ import errno
 import fcntl
 import os
 
-__all__ = ["closed_fd_pair", "inheritable", "inherited_pipe"]
+from makejobs import FifoAuth, PipeAuth, TokenPool
+
+__all__ = ["advertises", "closed_fd_pair", "inheritable", "inherited_pipe"]
+
+
+def advertises(auth: PipeAuth | FifoAuth | None, pool: TokenPool) -> bool:
+    """True when *auth* names *pool*: in its own form, or a pipe pool by the ``/proc``
+    path of its read end (what jobs export, see makejobs.advertise.for_any_child)."""
+    if auth == pool.auth:
+        return True
+    if isinstance(auth, FifoAuth) and isinstance(pool.auth, PipeAuth):
+        try:
+            return os.path.samefile(auth.path, f"/proc/self/fd/{pool.auth.read_fd}")
+        except OSError:
+            return False
+    return False
 
 
 def inheritable(*fds: int) -> None:
