@@ -815,6 +815,7 @@ def test_invalid_arguments() -> None:
         JobserverExecutor(2, initializer=5)  # type: ignore[arg-type]
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_use_from_a_forked_child_is_refused() -> None:
     with executor_on(1) as (executor, _):
         executor.submit(square, 1).result()
