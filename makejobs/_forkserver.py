@@ -1,18 +1,35 @@
-"""The executor and multiprocessing's fork server: have it preload the worker side.
+"""The executor and multiprocessing's fork server: preload it, and outlive its death.
 
 With the ``forkserver`` start method every worker is a fork of one server
 process that multiprocessing starts on first use and shares across the whole
-process: what the server imported once, every worker has for free.
-:func:`preload_in_forkserver` adds the executor's worker side to its list.
+process. Two things about it matter to the executor:
+
+* **Preloading.** What the server imported once, every worker has for free;
+  :func:`preload_in_forkserver` adds the executor's worker side to the list.
+* **Its death.** The server can die (out of descriptors or processes when it
+  forks, killed by an administrator or an OOM killer). multiprocessing starts
+  a new one only when the old one is its own unreaped child; if the server
+  died in the middle of a request, or something else reaped it (a SIGCHLD
+  handler that waits for every child), each later start fails with
+  ``EOFError``, ``ConnectionRefusedError`` or ``ChildProcessError``.
+  :func:`start_process` recognises those failures, forgets the dead server and
+  starts the process once more, on a new server.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Callable
 from multiprocessing.context import BaseContext
+from typing import Any
 
-__all__ = ["preload_in_forkserver"]
+__all__ = ["ForkServerFailed", "preload_in_forkserver", "start_process"]
+
+
+class ForkServerFailed(RuntimeError):
+    """A worker could not be started: the fork server stopped answering, and so did a new one."""
 
 
 def preload_in_forkserver(context: BaseContext, module: str) -> None:
@@ -76,3 +93,79 @@ def _server_would_import_this_package() -> bool:
             except OSError:
                 return False
     return False
+
+
+# How a start fails when the server is gone: it closed the connection before
+# answering (EOFError), refused or dropped it (ConnectionError), its socket file
+# is gone (FileNotFoundError), or multiprocessing's liveness check found that
+# someone else reaped it (ChildProcessError).
+_SERVER_GONE = (EOFError, ConnectionError, FileNotFoundError, ChildProcessError)
+
+
+def start_process(make: Callable[[], Any], context: BaseContext) -> Any:
+    """``make()`` a :class:`multiprocessing.Process` and start it; return it.
+
+    With the forkserver start method, a start that fails because the server
+    is gone forgets that server and tries once more with a new process (and
+    so a new server).
+
+    Raises:
+        ForkServerFailed: the new server failed too; the cause is chained.
+        Exception: whatever else starting the process raised.
+    """
+    process = make()
+    if context.get_start_method() != "forkserver":
+        process.start()
+        return process
+    try:
+        process.start()
+    except _SERVER_GONE as first:
+        if not _forget_dead_server():
+            raise ForkServerFailed(
+                f"cannot start a worker: the multiprocessing fork server did not answer"
+                f" ({first!r}) and could not be replaced"
+            ) from first
+        process = make()
+        try:
+            process.start()
+        except Exception as second:
+            raise ForkServerFailed(
+                f"cannot start a worker: the multiprocessing fork server did not answer"
+                f" ({first!r}), and a new one failed too ({second!r})"
+            ) from second
+    return process
+
+
+def _forget_dead_server() -> bool:
+    """Make multiprocessing start a new fork server on its next use.
+
+    A server that is still there but does not answer (dying, or wedged) is
+    killed first: it is this process's own child, and it will serve nobody.
+    Returns False if this multiprocessing keeps its server some other way.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fields = ("_forkserver_pid", "_forkserver_alive_fd", "_forkserver_address", "_lock")
+    if server is None or not all(hasattr(server, name) for name in fields):
+        return False
+    with server._lock:
+        pid = server._forkserver_pid
+        if pid is None:
+            return True  # already forgotten: the next start launches one
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # reaped by someone else: it is gone
+        # What multiprocessing itself does when it finds its server dead.
+        try:
+            os.close(server._forkserver_alive_fd)
+        except OSError:
+            pass
+        for name in ("_forkserver_pid", "_forkserver_alive_fd", "_forkserver_address"):
+            setattr(server, name, None)
+        if hasattr(server, "_forkserver_authkey"):  # Python 3.14
+            server._forkserver_authkey = None
+    return True

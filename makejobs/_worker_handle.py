@@ -18,7 +18,7 @@ import threading
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
-from . import _child, _frames, _worker
+from . import _child, _forkserver, _frames, _worker
 
 if TYPE_CHECKING:
     from .pool import Token, TokenPool
@@ -105,7 +105,8 @@ class WorkerHandle:
         """Start a worker process (see :func:`makejobs._worker.worker_main`).
 
         Raises:
-            Exception: whatever starting the process raised.
+            ForkServerFailed: the fork server died, and a new one failed too.
+            Exception: whatever else starting the process raised.
         """
         with _spawn_lock:
             task_r, task_w = os.pipe()
@@ -129,8 +130,7 @@ class WorkerHandle:
                 )
 
             try:
-                process = make()
-                process.start()
+                process = _forkserver.start_process(make, context)
             except BaseException:
                 close_parent_fd(task_w)
                 close_parent_fd(result_r)

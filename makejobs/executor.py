@@ -24,7 +24,8 @@ What it is made of, and why:
   forever after a SIGINT (:mod:`makejobs._settle`).
 * **Workers that need not import** (:mod:`makejobs._forkserver`). With the
   forkserver start method the server imports this module once, so a worker, a
-  fork of it, is ready without importing makejobs itself.
+  fork of it, is ready without importing makejobs itself; and a fork server
+  that died is replaced.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from . import _forkserver, _worker
+from ._forkserver import ForkServerFailed
 from ._manager import Manager
 from .jobserver import Jobserver, default_pool, usable_cpus
 from .pool import TokenPool
 
-__all__ = ["JobserverExecutor"]
+__all__ = ["ForkServerFailed", "JobserverExecutor"]
 
 
 def _default_context() -> BaseContext:
@@ -143,6 +145,8 @@ class JobserverExecutor(Executor):
                 that created the executor, or when the manager thread cannot
                 start (then nothing was scheduled: a later submit may succeed).
             BrokenProcessPool: the worker initializer failed.
+            ForkServerFailed: no worker could be started: the fork server
+                died, and a new one failed too.
         """
         return self._manager.submit(fn, *args, **kwargs)
 

@@ -1,9 +1,10 @@
-"""JobserverExecutor under faults: what must not stall, break or leak it (issue 12, items 1-4).
+"""JobserverExecutor under faults: what must not stall, break or leak it (issue 12, items 1-5).
 
 * executors one after another and side by side, under every start method;
 * a manager thread that cannot start;
 * a task that closes every descriptor it has and runs on;
-* a future whose lock another thread keeps (a SIGINT at the wrong instant does that).
+* a future whose lock another thread keeps (a SIGINT at the wrong instant does that);
+* a fork server that dies.
 
 Ordering never relies on a sleep: a task that must stay running waits for a gate file the
 test creates (see test_executor.Gate), and a thread that must hold a lock holds it until
@@ -14,11 +15,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import multiprocessing.util
 import os
+import resource
+import signal
 import sys
 import textwrap
 import threading
 import warnings
+from collections.abc import Iterator
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,8 @@ import pytest
 
 import makejobs._manager as manager_module
 from forking import held_by_another_thread
-from makejobs import SubmissionDied, TokenPool
+from makejobs import SubmissionDied, TokenPool, _forkserver
+from makejobs.executor import ForkServerFailed
 from test_executor import (
     PATIENCE,
     REPO,
@@ -249,3 +256,70 @@ def test_a_locked_pending_future_is_given_up_at_shutdown(
         wait_until(queued.cancelled)
         assert cf.wait([queued], timeout=0).done == {queued}
         assert not marker.exists()
+
+
+# -- 5. the fork server dies --------------------------------------------------------------------
+
+
+@pytest.fixture
+def fork_server_restored() -> Iterator[None]:
+    """Whatever the test did to the process's fork server, later tests find one that works
+    (ProcessPoolExecutor cannot replace a server that someone else reaped)."""
+    yield
+    try:
+        forkserver.ensure_running()
+    except ChildProcessError:
+        _forkserver._forget_dead_server()
+
+
+def server_pid() -> int:
+    pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    assert isinstance(pid, int)
+    return pid
+
+
+@pytest.mark.parametrize("death", ["killed", "killed and reaped elsewhere", "out of fds"])
+@pytest.mark.usefixtures("fork_server_restored")
+def test_a_dead_fork_server_is_replaced(death: str) -> None:
+    context = multiprocessing.get_context("forkserver")
+    # One task per worker: every task asks the fork server for a new process.
+    with executor_on(1, mp_context=context, max_tasks_per_child=1) as (executor, _):
+        assert executor.submit(abs, -1).result(timeout=PATIENCE) == 1
+        pid = server_pid()
+        if death == "out of fds":  # its next request cannot receive the fds: it dies of it
+            n = len(os.listdir(f"/proc/{pid}/fd"))
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (n, n))
+        else:
+            os.kill(pid, signal.SIGKILL)
+            if death == "killed and reaped elsewhere":  # by a SIGCHLD handler, say
+                os.waitpid(pid, 0)
+        results = [executor.submit(abs, -i).result(timeout=PATIENCE) for i in range(2, 5)]
+        assert results == [2, 3, 4]
+        assert server_pid() != pid
+
+
+def refuse_to_spawn(*args: Any) -> int:
+    raise BlockingIOError(11, "Resource temporarily unavailable (a process limit)")
+
+
+@pytest.mark.usefixtures("fork_server_restored")
+def test_a_fork_server_that_cannot_be_replaced_is_a_named_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No new server either (the process limit that killed the old one): submit() says so
+    with ForkServerFailed, schedules nothing, and works again once a server can start."""
+    context = multiprocessing.get_context("forkserver")
+    with executor_on(1, mp_context=context, max_tasks_per_child=1) as (executor, pool):
+        assert executor.submit(abs, -1).result(timeout=PATIENCE) == 1
+        # That worker gone, submit() starts the next one itself (and so raises what it met).
+        wait_until(lambda: " workers=0/" in repr(executor))
+        pid = server_pid()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with monkeypatch.context() as patch:
+            patch.setattr(multiprocessing.util, "spawnv_passfds", refuse_to_spawn)
+            with pytest.raises(ForkServerFailed, match="fork server did not answer") as info:
+                executor.submit(abs, -2)
+        assert isinstance(info.value.__cause__, BlockingIOError)
+        assert " pending=0 " in repr(executor) and pool.implicit_free and pool.held == 0
+        assert executor.submit(abs, -3).result(timeout=PATIENCE) == 3
