@@ -767,12 +767,15 @@ def _drain(fd: int) -> None:
 
 
 def _load(kind: int, body: memoryview) -> tuple[int, Any]:
-    """A result frame's kind and payload; one that cannot be unpickled here is an error."""
+    """A result frame's kind and payload; one that cannot be unpickled here is an error.
+
+    That error is the future's exception, of its own type (ProcessPoolExecutor
+    breaks the whole pool on it instead).
+    """
     try:
         # Straight from the reader's buffer, no copy first; the payload is copied out of
         # it, so the buffer may take the next frame.
         _task_id, payload = pickle.loads(body)
     except Exception as e:
-        error = RuntimeError(f"a task's result could not be unpickled here: {e!r}")
-        return (_frames.RAISED if kind == _frames.OK else kind), (error, None)
+        return (_frames.RAISED if kind == _frames.OK else kind), (e, None)
     return kind, payload

@@ -1,10 +1,11 @@
-"""JobserverExecutor under faults: what must not stall, break or leak it (issue 12, items 1-5).
+"""JobserverExecutor under faults: what must not stall, break or leak it (issue 12, items 1-6).
 
 * executors one after another and side by side, under every start method;
 * a manager thread that cannot start;
 * a task that closes every descriptor it has and runs on;
 * a future whose lock another thread keeps (a SIGINT at the wrong instant does that);
-* a fork server that dies.
+* a fork server that dies;
+* results and exceptions that do not pickle.
 
 Ordering never relies on a sleep: a task that must stay running waits for a gate file the
 test creates (see test_executor.Gate), and a thread that must hold a lock holds it until
@@ -17,6 +18,7 @@ import concurrent.futures as cf
 import multiprocessing
 import multiprocessing.util
 import os
+import pickle
 import resource
 import signal
 import sys
@@ -24,6 +26,7 @@ import textwrap
 import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
@@ -32,17 +35,21 @@ import pytest
 
 import makejobs._manager as manager_module
 from forking import held_by_another_thread
-from makejobs import SubmissionDied, TokenPool, _forkserver
+from makejobs import RemoteTraceback, SubmissionDied, TokenPool, _forkserver
 from makejobs.executor import ForkServerFailed
 from test_executor import (
     PATIENCE,
     REPO,
     Gate,
+    UnpicklableError,
     blocked,
     child_pids,
     clean_environ,
     executor_on,
     open_fds,
+    raise_unpicklable,
+    return_lock,
+    return_unloadable,
     run_script,
     square,
     touch,
@@ -323,3 +330,38 @@ def test_a_fork_server_that_cannot_be_replaced_is_a_named_error(
         assert isinstance(info.value.__cause__, BlockingIOError)
         assert " pending=0 " in repr(executor) and pool.implicit_free and pool.held == 0
         assert executor.submit(abs, -3).result(timeout=PATIENCE) == 3
+
+
+# -- 6. results and exceptions that do not pickle -------------------------------------------------
+
+
+def test_unpicklable_results_and_exceptions_fail_with_the_pickling_errors_own_type() -> None:
+    """As ProcessPoolExecutor (asked here, in the same run) reports them: the error that
+    pickling raised, with the remote traceback as its cause."""
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context) as reference:
+        expected = [
+            reference.submit(return_lock).exception(timeout=PATIENCE),
+            reference.submit(raise_unpicklable).exception(timeout=PATIENCE),
+        ]
+    with executor_on(1, mp_context=context) as (executor, _):
+        pid = executor.submit(os.getpid).result(timeout=PATIENCE)
+        got = [
+            executor.submit(return_lock).exception(timeout=PATIENCE),
+            executor.submit(raise_unpicklable).exception(timeout=PATIENCE),
+        ]
+        for ours, theirs in zip(got, expected):
+            assert type(ours) is type(theirs) and str(ours) == str(theirs), (ours, theirs)
+            assert isinstance(ours.__cause__, RemoteTraceback), repr(ours.__cause__)
+        try:
+            pickle.dumps(threading.Lock())
+        except Exception as e:
+            assert type(got[0]) is type(e)
+        # The remote traceback names what could not be pickled, and the task's own error.
+        assert "of type lock" in str(got[0].__cause__)
+        assert f"{UnpicklableError.__name__}: boom" in str(got[1].__cause__)
+        # A result that pickles there but not here: its own error too (ProcessPoolExecutor
+        # breaks the whole pool on it instead).
+        unloadable = executor.submit(return_unloadable).exception(timeout=PATIENCE)
+        assert type(unloadable) is ValueError and "cannot rebuild" in str(unloadable)
+        assert executor.submit(os.getpid).result(timeout=PATIENCE) == pid  # the same worker
