@@ -33,7 +33,9 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import signal
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures import Future as StdFuture
@@ -64,24 +66,26 @@ def _default_context() -> BaseContext:
 
 def _check_arguments(
     max_workers: object,
+    jobserver: object,
     initializer: object,
     max_tasks_per_child: object,
 ) -> None:
-    """The constructor's checks, before anything is opened."""
-    if max_workers is not None and (
-        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
-    ):
-        raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
-    if max_tasks_per_child is not None and (
-        isinstance(max_tasks_per_child, bool)
-        or not isinstance(max_tasks_per_child, int)
-        or max_tasks_per_child < 1
-    ):
-        raise ValueError(
-            f"max_tasks_per_child must be a positive int or None, not {max_tasks_per_child!r}"
-        )
+    """The constructor's checks, before anything is opened: ProcessPoolExecutor's errors."""
+    if max_workers is not None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            kind = type(max_workers).__name__
+            raise TypeError(f"max_workers must be an int, a Jobserver or None, not {kind}")
+        if max_workers < 1:
+            raise ValueError("max_workers must be greater than 0")
+    if jobserver is not None and not isinstance(jobserver, Jobserver):
+        raise TypeError(f"jobserver must be a Jobserver or None, not {type(jobserver).__name__}")
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be callable")
+    if max_tasks_per_child is not None:
+        if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+            raise TypeError("max_tasks_per_child must be an integer")
+        if max_tasks_per_child < 1:
+            raise ValueError("max_tasks_per_child must be >= 1")
 
 
 class JobserverExecutor(Executor):
@@ -90,12 +94,15 @@ class JobserverExecutor(Executor):
     Args:
         max_workers: the most worker processes at once; default: the pool's
             size when known, else the usable CPUs. The pool may allow fewer
-            tasks at a time; idle workers hold no token.
+            tasks at a time; idle workers hold no token. A
+            :class:`~makejobs.Jobserver` here is taken as *jobserver* (the
+            spelling of PyPI ``jobserver``: ``JobserverExecutor(js)``).
         jobserver: share this :class:`~makejobs.Jobserver`'s pool (default:
             join the pool the environment advertises, else create one sized
             to the CPUs; an advertised but unusable pool gives a
             :class:`~makejobs.errors.JobserverUnavailable` warning and one task
-            at a time).
+            at a time). Only its pool is shared: workers start with
+            *mp_context*, not with the Jobserver's context, env or preexec_fn.
         mp_context: the multiprocessing context that starts workers. Default:
             the default context, but ``forkserver`` instead of ``fork``, since
             forking a process with threads is unsafe.
@@ -104,11 +111,15 @@ class JobserverExecutor(Executor):
             :class:`~concurrent.futures.process.BrokenProcessPool`.
         max_tasks_per_child: replace a worker after this many tasks (1: a
             fresh process per task).
+
+    Raises:
+        TypeError: an argument of the wrong type (a Jobserver given twice too).
+        ValueError: *max_workers* or *max_tasks_per_child* below 1.
     """
 
     def __init__(
         self,
-        max_workers: int | None = None,
+        max_workers: int | Jobserver | None = None,
         *,
         jobserver: Jobserver | None = None,
         mp_context: BaseContext | None = None,
@@ -116,7 +127,11 @@ class JobserverExecutor(Executor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
     ) -> None:
-        _check_arguments(max_workers, initializer, max_tasks_per_child)
+        if isinstance(max_workers, Jobserver):
+            if jobserver is not None:
+                raise TypeError("give the Jobserver once: as the first argument or as jobserver=")
+            max_workers, jobserver = None, max_workers
+        _check_arguments(max_workers, jobserver, initializer, max_tasks_per_child)
         if jobserver is not None:
             pool, owns_pool = jobserver.pool, False
         else:
@@ -156,15 +171,29 @@ class JobserverExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map`; *chunksize* calls go to a task."""
+        """Like :meth:`concurrent.futures.Executor.map` of Python 3.14, on every Python.
+
+        *chunksize* calls go to one task. With *buffersize*, at most that many
+        tasks (chunks) are submitted ahead of the results consumed so far, and
+        the iterables are read only as far as that: an endless one is fine.
+        Without it every call is submitted at once, as before 3.14.
+
+        Raises:
+            ValueError: *chunksize* below 1, or *buffersize* below 1.
+            TypeError: *buffersize* is not an int (or None).
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables), chunksize)
-        results = super().map(_worker.call_chunk, itertools.repeat(fn), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
+            return _map(self, fn, zip(*iterables), timeout, buffersize)
+        chunks = ((fn, chunk) for chunk in _chunks(zip(*iterables), chunksize))
+        return _flatten(_map(self, _worker.call_chunk, chunks, timeout, buffersize))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; finish (or with *cancel_futures*, cancel) pending tasks.
@@ -197,6 +226,58 @@ class JobserverExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"<JobserverExecutor {self._manager.describe()}>"
+
+
+def _map(
+    executor: Executor,
+    fn: Callable[..., Any],
+    calls: Iterator[tuple[Any, ...]],
+    timeout: float | None,
+    buffersize: int | None,
+) -> Iterator[Any]:
+    """Submit *calls* (all, or the first *buffersize*) now; the results in order, lazily."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    futures = deque(executor.submit(fn, *args) for args in itertools.islice(calls, buffersize))
+    more = None if buffersize is None else calls
+    # Weak: a dropped executor is not kept alive by an unfinished iteration.
+    return _results(futures, weakref.ref(executor), fn, more, deadline)
+
+
+def _results(
+    futures: deque[StdFuture[Any]],
+    executor_ref: weakref.ref[Executor],
+    fn: Callable[..., Any],
+    more: Iterator[tuple[Any, ...]] | None,
+    deadline: float | None,
+) -> Iterator[Any]:
+    try:
+        while futures:
+            if more is not None:
+                # One result is taken, one more call is submitted: *buffersize* ahead.
+                executor = executor_ref()
+                args = next(more, None) if executor is not None else None
+                if args is not None and executor is not None:
+                    futures.append(executor.submit(fn, *args))
+                del executor
+            future = futures.popleft()
+            try:
+                result = future.result(None if deadline is None else deadline - time.monotonic())
+            finally:
+                future.cancel()  # timed out: it will not be waited for
+                del future  # no reference to the future (and its exception) while suspended
+            yield result
+            del result
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _flatten(chunks: Iterator[list[Any]]) -> Iterator[Any]:
+    try:
+        for chunk in chunks:
+            yield from chunk
+    finally:
+        chunks.close()  # type: ignore[attr-defined]
 
 
 def _chunks(iterable: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
