@@ -351,11 +351,14 @@ class Manager:
             self._break(f"the executor's manager thread failed: {e!r}")
             raise
         finally:
-            self._stop_workers()
-            with self._lock:
-                self._close_resources()
-                self._lingering = bool(self._unsettled)
-            self._finished.set()
+            try:
+                self._stop_workers()
+            finally:
+                # Whatever happened: the fds go, and shutdown(wait=True) returns.
+                with self._lock:
+                    self._close_resources()
+                    self._lingering = bool(self._unsettled)
+                self._finished.set()
             self._deliver_late()
 
     def _deliver_late(self) -> None:
