@@ -72,9 +72,9 @@ def try_complete(future: Future[Any], how: int, value: Any = None) -> bool | Non
 
     Returns:
         None if another thread holds the future's lock (nothing was changed:
-        try again later); True if this call completed the future, and then the
-        caller must call :func:`run_callbacks` once it holds no lock of its
-        own; False if there was nothing to do but tell waiters.
+        try again later); True if this call completed the future and it has
+        done-callbacks, which the caller must run with :func:`run_callbacks`
+        once it holds no lock of its own; False otherwise.
     """
     condition = future._condition
     if not condition.acquire(blocking=False):
@@ -93,7 +93,8 @@ def try_complete(future: Future[Any], how: int, value: Any = None) -> bool | Non
         # can add a callback meanwhile (that takes the lock we hold), and once
         # the future is done, add_done_callback() calls the callback itself.
         callbacks = future._done_callbacks  # type: ignore[attr-defined]
-        future._done_callbacks = []  # type: ignore[attr-defined]
+        if callbacks:
+            future._done_callbacks = []  # type: ignore[attr-defined]
         try:
             if how == RESULT:
                 future.set_result(value)
@@ -104,14 +105,15 @@ def try_complete(future: Future[Any], how: int, value: Any = None) -> bool | Non
             else:
                 return False  # running: not a call that never started
         finally:
-            future._done_callbacks = callbacks  # type: ignore[attr-defined]
-        return True
+            if callbacks:
+                future._done_callbacks = callbacks  # type: ignore[attr-defined]
+        return bool(callbacks)
     finally:
         condition.release()
 
 
 def run_callbacks(future: Future[Any]) -> None:
-    """Run the done-callbacks of a future :func:`try_complete` just completed.
+    """Run the done-callbacks of a future :func:`try_complete` just completed (returned True).
 
     Exceptions they raise are logged and swallowed, as the Future does itself.
     """

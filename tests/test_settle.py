@@ -19,7 +19,7 @@ def test_a_locked_future_is_left_unchanged_and_can_be_completed_once_free() -> N
         assert _settle.try_complete(future, _settle.RESULT, 1) is None
         assert future._state == "PENDING"  # type: ignore[attr-defined]
     assert _settle.try_start(future) is True and future.running()
-    assert _settle.try_complete(future, _settle.RESULT, 1) is True
+    assert _settle.try_complete(future, _settle.RESULT, 1) is False  # done, no callbacks
     assert future.result(timeout=0) == 1
     assert _settle.try_complete(future, _settle.RESULT, 2) is False  # done already: kept
     assert future.result(timeout=0) == 1
@@ -83,5 +83,5 @@ def test_a_future_locked_by_this_thread_is_not_this_threads_to_wait_for(how: int
     """The lock is reentrant: its owner may complete it (the manager never owns one)."""
     future: cf.Future[Any] = cf.Future()
     with future._condition:  # type: ignore[attr-defined]
-        assert _settle.try_complete(future, how, ValueError("x")) is True
+        assert _settle.try_complete(future, how, ValueError("x")) is False  # no callbacks
     assert future.done()
