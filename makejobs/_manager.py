@@ -156,7 +156,8 @@ class Manager:
             future.set_exception(e)
             return future
         with self._lock:
-            self._check_open()
+            if self._shutdown:  # meanwhile
+                self._check_open()  # raises, saying why
             # First: a thread that cannot start (a process or container limit)
             # raises here, before anything has changed.
             self._ensure_thread()
@@ -386,7 +387,7 @@ class Manager:
             if changed:
                 self._adopt_new_workers()
                 want_pool = self._dispatch()
-                if self._work_is_over():
+                if self._shutdown and self._work_is_over():  # once True, always True
                     return
                 if want_pool != watching_pool:
                     if want_pool:

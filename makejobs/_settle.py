@@ -35,6 +35,7 @@ from concurrent.futures._base import (
     CANCELLED_AND_NOTIFIED,
     FINISHED,
     PENDING,
+    RUNNING,
 )
 from typing import Any
 
@@ -55,9 +56,15 @@ def try_start(future: Future[Any]) -> bool | None:
     if not condition.acquire(blocking=False):
         return None
     try:
-        if future._state not in (PENDING, CANCELLED):
-            return False  # someone else completed (or started) it: not ours to run
-        return future.set_running_or_notify_cancel()
+        state = future._state
+        if state == PENDING:
+            # What set_running_or_notify_cancel() does to a pending future, without
+            # taking the lock a second time: this runs once per task.
+            future._state = RUNNING
+            return True
+        if state == CANCELLED:
+            return future.set_running_or_notify_cancel()  # False, and waiters are told
+        return False  # someone else completed (or started) it: not ours to run
     finally:
         condition.release()
 
