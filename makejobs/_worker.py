@@ -25,18 +25,30 @@ __all__ = ["call_chunk", "result_frame", "worker_main"]
 
 
 def result_frame(task_id: int, kind: int, payload: Any) -> tuple[int, bytes]:
-    """The kind and body of a result frame; a payload that cannot be pickled is an error."""
+    """The kind and body of a result frame; a payload that cannot be pickled is an error.
+
+    That error is the pickling error itself, as ProcessPoolExecutor reports it
+    (``TypeError: cannot pickle '_thread.lock' object``, ``PicklingError``, or
+    whatever an object's ``__reduce__`` raised), with its traceback, preceded by
+    the task's own when the payload was the task's exception.
+    """
     try:
         return kind, pickle.dumps((task_id, payload), pickle.HIGHEST_PROTOCOL)
     except Exception as e:
-        what = "the result" if kind == _frames.OK else "the exception"
+        what = "result" if kind == _frames.OK else "exception"
         value = payload if kind == _frames.OK else payload[0]
         text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        if kind == _frames.RAISED:
-            text = payload[1] + "\n" + text  # the task's own traceback first
-        error = RuntimeError(f"{what} of type {type(value).__qualname__} cannot be pickled: {e}")
-        body = pickle.dumps((task_id, (error, text)), pickle.HIGHEST_PROTOCOL)
-        return (_frames.RAISED if kind == _frames.OK else kind), body
+        text = f"{text}(while pickling the task's {what}, of type {type(value).__qualname__})\n"
+        if kind != _frames.OK:
+            text = payload[1] + "\nDuring pickling of the above exception:\n\n" + text
+        outcome = (_frames.RAISED if kind == _frames.OK else kind), (e, text)
+        try:
+            return outcome[0], pickle.dumps((task_id, outcome[1]), pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # The pickling error does not pickle either (it holds the object):
+            # its type name and message, at least.
+            error = RuntimeError(f"{type(e).__qualname__}: {e}")
+            return outcome[0], pickle.dumps((task_id, (error, text)), pickle.HIGHEST_PROTOCOL)
 
 
 def worker_main(
