@@ -29,7 +29,11 @@ serve makes itself the subreaper of everything CMD starts (Linux). About
 once a second, and at the end, when no orphaned process is left running,
 serve gives back the tokens of makejobs clients that died holding them
 (SIGKILL, the OOM killer) and says so on stderr. With orphans still running
-nothing is recovered: one of them might be working on such a token. Tokens
+nothing is recovered: one of them might be working on such a token. At the
+end, orphans first get a moment to exit (:data:`SETTLE` seconds, or
+:data:`SETTLE_AFTER_SIGNAL` after serve passed a signal on, less when they
+are gone sooner), so processes that are merely dying are not reported as
+running and their tokens are not reported missing. Tokens
 lost by make, ninja or cargo themselves cannot be seen, so they cannot be
 recovered.
 """
@@ -51,13 +55,22 @@ from ._supervise import (
     die_of,
     other_children,
     reap_others,
+    settle_orphans,
     shell_status,
     spawn_error,
     wait_child,
 )
 from ._token_count import close_counting
 
-__all__ = ["command", "configure"]
+__all__ = ["SETTLE", "SETTLE_AFTER_SIGNAL", "command", "configure"]
+
+#: Seconds serve gives orphans to exit after CMD has, before it judges them
+#: (a makejobs helper ends when its parent does, a daemon's child a moment
+#: after it); they are reaped as they go and serve goes on when none is left.
+SETTLE = 1.0
+#: The same after serve passed a signal on: every descendant was told to stop
+#: and most are busy dying (a worker's teardown, a make removing targets).
+SETTLE_AFTER_SIGNAL = 5.0
 
 
 def _report_tokens(found: int | None, expected: int) -> bool:
@@ -101,10 +114,14 @@ class _Recovery:
                 " holding them",
             )
 
-    def finish(self) -> None:
-        reap_others(self.main)
-        orphans = other_children(self.main)
-        if orphans and self.enabled:
+    def finish(self, signalled: bool) -> None:
+        """Judge the orphans once they had a moment to exit; recover if none is left."""
+        if not self.enabled:
+            reap_others(self.main)
+            return
+        grace = SETTLE_AFTER_SIGNAL if signalled else SETTLE
+        orphans = settle_orphans(self.main, grace)
+        if orphans:
             say(
                 "serve",
                 f"{len(orphans)} orphaned process(es) still running (e.g. pid {orphans[0]});"
@@ -144,7 +161,7 @@ def command(args: argparse.Namespace) -> int:
                 catcher.attach(child)
                 wait_child(child, catcher, every_second=recovery)
                 assert child.returncode is not None
-                recovery.finish()
+                recovery.finish(signalled=bool(catcher.received))
                 status = shell_status(child.returncode)
                 rekill = catcher.rekill_signal(child.returncode)
         except Signalled as s:
