@@ -13,9 +13,16 @@ Style: ``pipe`` is the default because every GNU make (4.3 dies on a fifo
 pool), cargo and ninja builds that accept pipes (the PyPI ``ninja`` wheel)
 join it. Upstream ninja 1.13 ignores pipe pools: use ``--style fifo`` for
 it (and for make >= 4.4 children that are not marked recursive with
-``+``). A fifo lives in a private directory under ``$TMPDIR`` and is
-removed on every exit that can be caught (normal exit, errors, SIGINT,
-SIGTERM, SIGHUP, SIGQUIT; not SIGKILL).
+``+``).
+
+Files: serve keeps a token ledger (below) in a private directory under
+``$TMPDIR``: ``makejobs-ledger-*`` for a pipe pool; for a fifo pool, the
+fifo and its ledger share a ``makejobs-*`` directory. They are removed on
+every exit that can be caught (normal exit, errors, SIGINT, SIGTERM,
+SIGHUP, SIGQUIT). A SIGKILL leaves them behind; the next serve removes
+those whose pool no process has open any more (Linux, where ``/proc`` can
+tell; see :mod:`makejobs.cli._leftovers`). Elsewhere they stay until the
+temporary directory is cleaned.
 
 Do not give CMD its own ``-j``: ``make -jN`` and even a bare ``make -j``
 print "-jN forced in submake: resetting jobserver mode" and ignore the
@@ -130,6 +137,16 @@ class _Recovery:
         self()
 
 
+def _remove_leftovers() -> None:
+    """Remove what killed serves left in the temporary directory (see cli._leftovers)."""
+    from ._leftovers import remove_leftovers
+
+    try:
+        remove_leftovers()
+    except Exception:  # never a reason not to run the command
+        pass
+
+
 def command(args: argparse.Namespace) -> int:
     """Run ``makejobs serve``; the exit status (see :mod:`makejobs.cli`)."""
     cmd = split_command(args.command)
@@ -142,6 +159,7 @@ def command(args: argparse.Namespace) -> int:
         catcher.raising = True
         pool: TokenPool | None = None
         try:
+            _remove_leftovers()
             try:
                 pool = TokenPool.create(slots, style=args.style, ledger=True)
             except (OSError, ValueError) as e:
@@ -190,7 +208,11 @@ styles:
   pipe (default)  works with every GNU make (4.3 dies on fifo pools), cargo, and ninja
                   builds that accept pipes (the PyPI ninja wheel)
   fifo            needed by upstream ninja 1.13 (it ignores pipe pools) and reaches make
-                  >= 4.4 recipes not marked '+'; removed on every catchable exit
+                  >= 4.4 recipes not marked '+'
+
+files: a token ledger for either style (makejobs-ledger-* in $TMPDIR; a fifo pool keeps
+it with the fifo in a makejobs-* directory), removed on every exit serve can catch. After
+a SIGKILL they stay; the next serve removes those that no process uses any more (Linux).
 
 Give CMD no -j of its own: `make -jN` and even `make -j` ignore the pool ("forced in
 submake"), so does `ninja -jN`; `cargo -jN` stays within it. The pool is always a new
