@@ -27,7 +27,11 @@ temporary directory is cleaned.
 Do not give CMD its own ``-j``: ``make -jN`` and even a bare ``make -j``
 print "-jN forced in submake: resetting jobserver mode" and ignore the
 pool (observed with make 4.3 and 4.4.1); ``ninja -jN`` ignores it too.
-``cargo -jN`` stays inside the pool.
+``cargo -jN`` stays inside the pool. serve warns when it sees such a
+``-j``, and when the pool it makes would come on top of one this
+environment already advertises (or one the parent withheld with
+``-2,-2``, or a parent's unlimited bare ``-j``), saying how to fix it
+(see :mod:`makejobs.cli._diagnose`).
 
 Signals are passed on to CMD as described in :mod:`makejobs.cli._supervise`.
 
@@ -48,12 +52,14 @@ recovered.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 
 from .._posix import usable_cpus
 from ..pool import TokenPool
 from ._args import check_slots, fill, split_command
 from ._console import EXIT_FAILED, say
+from ._diagnose import serve_warnings
 from ._supervise import (
     REKILL,
     SignalCatcher,
@@ -151,6 +157,8 @@ def command(args: argparse.Namespace) -> int:
     """Run ``makejobs serve``; the exit status (see :mod:`makejobs.cli`)."""
     cmd = split_command(args.command)
     slots: int = args.jobs if args.jobs is not None else usable_cpus()
+    for message in serve_warnings(cmd, os.environ, slots):
+        say("serve", f"warning: {message}")
     status = EXIT_FAILED
     rekill: int | None = None
     with SignalCatcher() as catcher:
@@ -216,7 +224,9 @@ a SIGKILL they stay; the next serve removes those that no process uses any more 
 
 Give CMD no -j of its own: `make -jN` and even `make -j` ignore the pool ("forced in
 submake"), so does `ninja -jN`; `cargo -jN` stays within it. The pool is always a new
-one, even under an inherited pool.
+one, even under an inherited pool. serve warns on stderr when it sees either: a -j for
+make or ninja in CMD, or a pool it would stack on (also one withheld with -2,-2, make
+4.4's mark for a recipe line without '+', and a parent's bare -j).
 
 Signals: a SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to makejobs is passed on to CMD and its
 process-group descendants (a terminal's ^C already reached them and is not sent twice);
