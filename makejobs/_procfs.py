@@ -21,7 +21,9 @@ import stat
 
 __all__ = [
     "Scan",
+    "Stat",
     "children_of",
+    "children_supported",
     "cmdline",
     "environ",
     "file_key",
@@ -31,6 +33,7 @@ __all__ = [
     "record_locks",
     "scan_holders",
     "supported",
+    "task_children",
 ]
 
 _PROC = "/proc"
@@ -55,8 +58,30 @@ def pids() -> list[int]:
     return sorted(int(name) for name in names if name.isdigit())
 
 
-def process_stat(pid: int) -> tuple[int, str, int] | None:
-    """(parent pid, state letter, start time in clock ticks since boot), or None if gone."""
+class Stat:
+    """A few fields of ``/proc/PID/stat``.
+
+    Attributes:
+        ppid: the parent's pid.
+        state: the state letter (``R``, ``S``, ``Z`` for a zombie...).
+        start: when it started, in clock ticks since boot (with the pid, it
+            names the process: pids are reused, start times are not).
+        comm: the program name the kernel keeps (changes on ``exec``).
+        threads: how many threads it has.
+    """
+
+    __slots__ = ("comm", "ppid", "start", "state", "threads")
+
+    def __init__(self, ppid: int, state: str, start: int, comm: bytes, threads: int) -> None:
+        self.ppid = ppid
+        self.state = state
+        self.start = start
+        self.comm = comm
+        self.threads = threads
+
+
+def process_stat(pid: int) -> Stat | None:
+    """The :class:`Stat` of *pid*, or None if it is gone."""
     try:
         with open(f"{_PROC}/{pid}/stat", "rb") as f:
             data = f.read()
@@ -64,11 +89,47 @@ def process_stat(pid: int) -> tuple[int, str, int] | None:
         return None
     # The command name is in parentheses and may itself contain ") ", so the
     # fields are counted from the last one.
-    fields = data[data.rfind(b")") + 2 :].split()
+    close = data.rfind(b")")
+    fields = data[close + 2 :].split()
     try:
-        return int(fields[1]), fields[0].decode("ascii", "replace"), int(fields[19])
+        return Stat(
+            int(fields[1]),
+            fields[0].decode("ascii", "replace"),
+            int(fields[19]),
+            data[data.find(b"(") + 1 : close],
+            int(fields[17]),
+        )
     except (IndexError, ValueError):
         return None
+
+
+def task_children(pid: int, threads: int = 0) -> list[int]:
+    """The children of every thread of *pid* (``/proc/PID/task/TID/children``).
+
+    Pass *threads* = 1 for a process known to have one thread, which saves
+    listing its threads. Empty for a process that is gone, and on kernels
+    built without ``CONFIG_PROC_CHILDREN`` (see :func:`children_supported`).
+    """
+    if threads == 1:
+        tasks = [str(pid)]
+    else:
+        try:
+            tasks = os.listdir(f"{_PROC}/{pid}/task")
+        except OSError:
+            return []
+    children: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"{_PROC}/{pid}/task/{tid}/children", "rb") as f:
+                children.extend(int(word) for word in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return children
+
+
+def children_supported() -> bool:
+    """True where :func:`task_children` works (Linux >= 3.5 with CONFIG_PROC_CHILDREN)."""
+    return os.path.exists(f"{_PROC}/self/task/{os.getpid()}/children")
 
 
 def cmdline(pid: int) -> list[str]:
@@ -110,7 +171,7 @@ def children_of(root: int) -> dict[int, int]:
     for pid in pids():
         info = process_stat(pid)
         if info is not None:
-            parents[pid] = info[0]
+            parents[pid] = info.ppid
     found: dict[int, int] = {}
     frontier = {root}
     while frontier:

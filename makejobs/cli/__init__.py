@@ -3,7 +3,7 @@
 Subcommands, each documented in its module
 ==========================================
 
-* ``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
+* ``makejobs serve [-j N] [--style pipe|fifo] [--strict] [--trace FILE] -- CMD ...``
   (:mod:`~makejobs.cli.serve`): create a pool of N slots and run CMD under it.
 * ``makejobs exec [--min A] [--max B] [--wait SECONDS] [--env NAME] -- CMD ...``
   (:mod:`~makejobs.cli.exec_`): hold slots of the inherited pool for a tool
@@ -11,7 +11,11 @@ Subcommands, each documented in its module
 * ``makejobs run [-j N] [-f FILE] [--keep-going]`` (:mod:`~makejobs.cli.run`):
   run shell command lines in parallel, each on one slot.
 * ``makejobs status [--json]`` (:mod:`~makejobs.cli.status`): describe the
-  pool this environment advertises.
+  pool this environment advertises, and who holds it.
+* ``makejobs doctor [--json] [-- CMD ...]`` (:mod:`~makejobs.cli.doctor`):
+  name what keeps this environment from its build's pool, with the fixes.
+* ``makejobs plot FILE [-o OUT]`` (:mod:`~makejobs.cli.plot`): draw a trace
+  written by ``serve --trace``.
 
 How ``serve`` and ``exec`` pass signals on to CMD is described in
 :mod:`~makejobs.cli._supervise`.
@@ -31,6 +35,10 @@ Exit statuses
   after passing it on and waiting for the commands.
 * ``status``: 0 a usable pool is advertised, 1 none is, 2 one is advertised
   but cannot be used.
+* ``doctor``: as ``status``: 0 a usable pool was found, 1 none is
+  advertised, 2 one is advertised but cannot be used here.
+* ``plot``: 0 the picture was written, 1 it could not be (unreadable trace,
+  no matplotlib, unwritable output).
 * 2 for usage errors, like every argparse program.
 """
 
@@ -74,6 +82,8 @@ _COMMANDS = {
     "exec": ("exec_", "hold slots of the inherited pool for a tool that takes a job count"),
     "run": ("run", "run shell command lines in parallel on the pool"),
     "status": ("status", "describe the pool this environment advertises"),
+    "doctor": ("doctor", "say why a build does or does not get its pool, and how to fix it"),
+    "plot": ("plot", "draw a trace written by serve --trace"),
 }
 
 

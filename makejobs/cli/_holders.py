@@ -138,7 +138,7 @@ def _ancestors(pid: int, parents: dict[int, int]) -> list[int]:
     while True:
         if pid not in parents:
             info = _procfs.process_stat(pid)
-            parents[pid] = info[0] if info is not None else 0
+            parents[pid] = info.ppid if info is not None else 0
         pid = parents[pid]
         if pid <= 0 or pid in seen:
             return chain
@@ -148,7 +148,7 @@ def _ancestors(pid: int, parents: dict[int, int]) -> list[int]:
 
 def _start_time(pid: int) -> int:
     info = _procfs.process_stat(pid)
-    return info[2] if info is not None else 0
+    return info.start if info is not None else 0
 
 
 def find_holders(
@@ -174,7 +174,7 @@ def find_holders(
         if pid in exclude:
             continue
         info = _procfs.process_stat(pid)
-        ppid = info[0] if info is not None else 0
+        ppid = info.ppid if info is not None else 0
         parents[pid] = ppid
         command = _procfs.cmdline(pid)
         result.holders.append(Holder(pid, ppid, command, role_of(command)))

@@ -1,4 +1,4 @@
-"""``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
+"""``makejobs serve [-j N] [--style pipe|fifo] [--strict] [--trace FILE] -- CMD ...``
 
 Create a pool of N slots (default: the usable CPUs), export it to CMD
 (``MAKEFLAGS``, ``MFLAGS`` if set, ``CARGO_MAKEFLAGS``, and the pipe's
@@ -74,6 +74,11 @@ from ._supervise import (
     wait_child,
 )
 from ._token_count import close_counting
+
+# Not typing's TYPE_CHECKING (see makejobs/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._trace import TraceRecorder
 
 __all__ = ["SETTLE", "SETTLE_AFTER_SIGNAL", "command", "configure"]
 
@@ -153,6 +158,13 @@ def _remove_leftovers() -> None:
         pass
 
 
+def _write_trace(trace: TraceRecorder, path: str) -> None:
+    try:
+        trace.stop()
+    except OSError as e:
+        say("serve", f"cannot write the trace to {path}: {e.strerror or e}")
+
+
 def command(args: argparse.Namespace) -> int:
     """Run ``makejobs serve``; the exit status (see :mod:`makejobs.cli`)."""
     cmd = split_command(args.command)
@@ -166,6 +178,7 @@ def command(args: argparse.Namespace) -> int:
         # still cleaned up by the finally below).
         catcher.raising = True
         pool: TokenPool | None = None
+        trace: TraceRecorder | None = None
         try:
             _remove_leftovers()
             try:
@@ -177,6 +190,15 @@ def command(args: argparse.Namespace) -> int:
             # still be running on a dead client's token (see makejobs.ledger).
             recovery = _Recovery(pool, become_subreaper())
             env = pool.environ()
+            if args.trace is not None:
+                from ._trace import TraceRecorder
+
+                try:
+                    trace = TraceRecorder(args.trace, pool, slots, cmd)
+                except OSError as e:
+                    say("serve", f"cannot write the trace to {args.trace}: {e.strerror or e}")
+                    return EXIT_FAILED
+                trace.start()
             catcher.raising = False
             try:
                 child = subprocess.Popen(cmd, env=env, pass_fds=pool.pass_fds)
@@ -194,6 +216,8 @@ def command(args: argparse.Namespace) -> int:
             status = 128 + s.signum
             rekill = s.signum if s.signum in REKILL else None
         finally:
+            if trace is not None:
+                _write_trace(trace, args.trace)
             if pool is not None:
                 found = close_counting(pool)
                 if _report_tokens(found, slots - 1) and args.strict and status == 0:
@@ -253,6 +277,12 @@ example: makejobs serve -j 8 -- make"""
         "--strict",
         action="store_true",
         help="exit 125 when tokens are missing or extra at the end although CMD succeeded",
+    )
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="record busy slots and every process CMD starts in FILE (Chrome Trace Event"
+        " JSON, for Perfetto or chrome://tracing; draw it with `makejobs plot FILE`)",
     )
     parser.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command to run"

@@ -1,0 +1,357 @@
+"""``serve --trace FILE``: record a build as Chrome Trace Event JSON.
+
+What is recorded, by one background thread of ``serve``:
+
+* **Busy slots**, a counter track: every :data:`SAMPLE_INTERVAL` seconds
+  the tokens waiting in the pool are counted (``FIONREAD`` through
+  :meth:`TokenPool.available`), and busy = N - free (the first slot, on
+  which CMD runs, counts as busy for the whole build, as it is in make's
+  own accounting). Only changes are written.
+* **One span per descendant process** of serve: every
+  :data:`TREE_INTERVAL` seconds the tree is followed down from serve
+  (Linux: ``/proc/PID/task/TID/children`` of serve and of every live
+  descendant, which costs the same however many other processes the
+  machine runs; elsewhere: psutil lists every process and keeps those whose
+  parent is serve or a descendant). Each process found becomes a span:
+  pid, parent, command line (read again when it ``exec``-s, so the program
+  it became is what is shown), start (the kernel's start time, exact to a
+  clock tick however late the process was found), and end (the first
+  sample in which it is gone or a zombie, so at most one interval late). A
+  process that starts and ends between two samples is not seen.
+
+The file (:data:`FORMAT`) is a JSON object that Perfetto
+(ui.perfetto.dev) and ``chrome://tracing`` open::
+
+    {"traceEvents": [...], "displayTimeUnit": "ms",
+     "otherData": {"makejobs_trace": 1, "slots": N, "command": [...],
+                   "duration_us": ..., "recorder_cpu_s": ..., ...}}
+
+Events: metadata (``"ph": "M"``) naming the process and one thread per
+*lane*; the counter ``"busy slots"`` (``"ph": "C"``, series ``busy`` and
+``idle``, which add up to N); and a complete event (``"ph": "X"``) per
+process with ``args`` ``{pid, ppid, cmdline}``, placed on the first lane
+free at its start so that overlapping processes never share one. Times are
+microseconds from the start of the trace; ``recorder_cpu_s`` is the CPU
+time the sampling thread used, what tracing cost. ``makejobs plot`` draws
+it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from .. import _procfs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..pool import TokenPool
+
+__all__ = ["FORMAT", "SAMPLE_INTERVAL", "TREE_INTERVAL", "TraceRecorder", "lanes"]
+
+#: The value of ``otherData["makejobs_trace"]``: the version of this layout.
+FORMAT = 1
+#: Seconds between two counts of the free tokens.
+SAMPLE_INTERVAL = 0.005
+#: Seconds between two listings of the process table.
+TREE_INTERVAL = 0.02
+
+
+class _Span:
+    """One descendant process: found alive, ended when first seen gone."""
+
+    __slots__ = ("cmdline", "end", "pid", "ppid", "process", "recheck", "start")
+
+    def __init__(self, pid: int, ppid: int, start: float) -> None:
+        self.pid = pid
+        self.ppid = ppid
+        self.start = start
+        self.end: float | None = None
+        self.cmdline: list[str] = []
+        self.recheck = False  # Linux: read the command line again next time
+        self.process: Any = None  # elsewhere: its psutil.Process
+
+
+def lanes(spans: list[tuple[float, float]]) -> list[int]:
+    """A lane for each (start, end) span: the lowest one free at its start.
+
+    Of spans starting together the longest goes first, so a parent (a make)
+    takes a lower lane than the jobs it starts in the same instant.
+    """
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], -spans[i][1]))
+    ends: list[float] = []
+    result = [0] * len(spans)
+    for i in order:
+        start, end = spans[i]
+        for lane, busy_until in enumerate(ends):
+            if busy_until <= start:
+                ends[lane] = end
+                result[i] = lane
+                break
+        else:
+            result[i] = len(ends)
+            ends.append(end)
+    return result
+
+
+def _label(cmdline: list[str], pid: int) -> str:
+    if not cmdline:
+        return f"pid {pid}"
+    words = [os.path.basename(cmdline[0]), *cmdline[1:]]
+    text = " ".join(words)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class TraceRecorder:
+    """Sample a pool's busy slots and the process tree under this process.
+
+    Create it (the file is opened, so an unwritable *path* fails at once
+    with :class:`OSError`), :meth:`start` it before the command starts and
+    :meth:`stop` it after the command has exited: the file is written then.
+    """
+
+    def __init__(self, path: str, pool: TokenPool, slots: int, command: list[str]) -> None:
+        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self._pool = pool
+        self._slots = slots
+        self._command = command
+        self._stopping = False
+        self._linux = False
+        self._psutil: Any = None
+        self._thread = threading.Thread(target=self._run, name="makejobs-trace", daemon=True)
+        self._busy: list[tuple[float, int]] = []
+        self._live: dict[int, _Span] = {}
+        self._done: list[_Span] = []
+        self._seen: set[int] = set()
+        self._root = os.getpid()
+        self._boot0 = 0.0
+        self._ticks = 100
+        self._mono0 = 0.0
+        self._wall0 = 0.0
+        self._end = 0.0
+        self._cpu = 0.0
+
+    # -- sampling (the recorder's thread) ------------------------------------------------
+
+    def start(self) -> None:
+        """Start sampling (before the command is started)."""
+        self._linux = _procfs.children_supported()
+        if self._linux:
+            self._ticks = os.sysconf("SC_CLK_TCK")
+            self._boot0 = time.clock_gettime(time.CLOCK_BOOTTIME)
+        else:
+            import psutil  # only a traced serve pays for it
+
+            self._psutil = psutil
+            self._seen = set(psutil.pids())  # what runs already is no descendant of ours
+        self._mono0 = time.monotonic()
+        self._wall0 = time.time()
+        self._thread.start()
+
+    def _run(self) -> None:
+        import signal
+
+        # Serve's main thread takes SIGCHLD and the signals it passes on with
+        # sigtimedwait: were they delivered to this thread, it would miss them.
+        signal.pthread_sigmask(
+            signal.SIG_BLOCK,
+            {signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT},
+        )
+        sample_tree = self._sample_tree_linux if self._linux else self._sample_tree_psutil
+        every = max(1, round(TREE_INTERVAL / SAMPLE_INTERVAL))
+        tick = 0
+        # time.sleep, not Event.wait: a wake-up costs half as much, and
+        # stopping may take one interval.
+        while not self._stopping:
+            self._sample_busy()
+            if tick % every == 0:
+                sample_tree()
+            tick += 1
+            time.sleep(SAMPLE_INTERVAL)
+        self._cpu = time.thread_time()  # what sampling cost, for otherData
+
+    def _now(self) -> float:
+        return time.monotonic() - self._mono0
+
+    def _sample_busy(self) -> None:
+        free = self._pool.available()
+        if free is None:
+            return
+        busy = self._slots - free
+        if not self._busy or self._busy[-1][1] != busy:
+            self._busy.append((self._now(), busy))
+
+    def _sample_tree_linux(self) -> None:
+        """Follow the tree down from serve through /proc/PID/task/TID/children.
+
+        One read per live descendant (its children), plus two for each new
+        process (its start and command line) and one more on the sample after
+        (its command line again, as a process is often found between its fork
+        and its exec), whatever else runs on the machine: listing all of /proc
+        would cost a read per process the machine runs. A process is over
+        once no live parent lists it: it was reaped, or its parent is gone and
+        it was reparented to serve, which lists it again at once.
+        """
+        now = self._now()
+        listed: dict[int, int] = {}
+        # serve's children are its main thread's (it starts CMD, and orphans
+        # are given to the first live thread of a subreaper); a descendant
+        # may fork from any of its threads.
+        for pid in _procfs.task_children(self._root, threads=1):
+            listed[pid] = self._root
+        for parent in list(self._live):
+            for pid in _procfs.task_children(parent):
+                listed[pid] = parent
+        for pid in [pid for pid in self._live if pid not in listed]:
+            self._end_span(pid, now)
+        for pid, parent in listed.items():
+            span = self._live.get(pid)
+            if span is None:
+                self._add_linux(parent, pid)
+            elif span.recheck:
+                span.recheck = False
+                span.cmdline = _procfs.cmdline(pid) or span.cmdline
+
+    def _add_linux(self, parent: int, pid: int) -> None:
+        """Start a span for a process just found, and look for its children at once."""
+        info = _procfs.process_stat(pid)
+        if info is None or info.state == "Z":
+            return  # came and went between two samples
+        span = _Span(pid, parent, max(0.0, info.start / self._ticks - self._boot0))
+        span.cmdline = _procfs.cmdline(pid)
+        span.recheck = True
+        self._live[pid] = span
+        for child in _procfs.task_children(pid, info.threads):
+            if child not in self._live:
+                self._add_linux(pid, child)
+
+    def _sample_tree_psutil(self) -> None:
+        """Find new descendants in a listing of every process (where /proc cannot say)."""
+        psutil = self._psutil
+        now = self._now()
+        current = set(psutil.pids())
+        for pid in self._seen - current:
+            self._end_span(pid, now)
+        pending = sorted(current - self._seen)
+        self._seen = current
+        # A parent found in this same listing is added first, so its children
+        # (usually later pids, but pids wrap) are recognised: repeat until
+        # nothing more is added.
+        while pending:
+            later = []
+            for pid in pending:
+                try:
+                    process = psutil.Process(pid)
+                    ppid = process.ppid()
+                    started = float(process.create_time()) - self._wall0
+                except psutil.Error:
+                    continue
+                if ppid == self._root or ppid in self._live:
+                    span = _Span(pid, ppid, max(0.0, started))
+                    span.process = process
+                    self._live[pid] = span
+                elif ppid in pending:
+                    later.append(pid)
+            if len(later) == len(pending):
+                break
+            pending = later
+        for pid, span in list(self._live.items()):
+            try:
+                if span.process.status() == psutil.STATUS_ZOMBIE:
+                    self._end_span(pid, now)
+                    continue
+                cmdline = span.process.cmdline()
+            except psutil.Error:
+                self._end_span(pid, now)
+                continue
+            if cmdline:
+                span.cmdline = cmdline
+
+    def _end_span(self, pid: int, now: float) -> None:
+        span = self._live.pop(pid, None)
+        if span is not None:
+            span.end = now
+            span.process = None
+            self._done.append(span)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop sampling, close the spans still open, and write the file."""
+        self._stopping = True
+        if self._thread.is_alive():
+            self._thread.join()
+        self._end = self._now()
+        self._sample_busy()
+        for pid in list(self._live):
+            self._end_span(pid, self._end)
+        with self._file:
+            import json
+
+            json.dump(self._document(), self._file, separators=(",", ":"))
+            self._file.write("\n")
+
+    def _document(self) -> dict[str, Any]:
+        root = self._root
+        micro = 1e6
+        events: list[dict[str, Any]] = [
+            {
+                "name": "process_name",
+                "ph": "M",
+                "pid": root,
+                "args": {"name": "makejobs serve -j" + str(self._slots)},
+            }
+        ]
+        for t, busy in self._busy:
+            events.append(
+                {
+                    "name": "busy slots",
+                    "ph": "C",
+                    "pid": root,
+                    "ts": round(t * micro),
+                    "args": {"busy": busy, "idle": self._slots - busy},
+                }
+            )
+        spans = sorted(self._done, key=lambda s: (s.start, s.pid))
+        placed = lanes([(s.start, s.end if s.end is not None else s.start) for s in spans])
+        for lane in sorted(set(placed)):
+            events.append(
+                {
+                    "name": "thread_name",
+                    "ph": "M",
+                    "pid": root,
+                    "tid": lane + 1,
+                    "args": {"name": f"lane {lane + 1}"},
+                }
+            )
+        for span, lane in zip(spans, placed):
+            end = span.end if span.end is not None else self._end
+            events.append(
+                {
+                    "name": _label(span.cmdline, span.pid),
+                    "cat": "process",
+                    "ph": "X",
+                    "pid": root,
+                    "tid": lane + 1,
+                    "ts": round(span.start * micro),
+                    "dur": max(0, round((end - span.start) * micro)),
+                    "args": {"pid": span.pid, "ppid": span.ppid, "cmdline": span.cmdline},
+                }
+            )
+        return {
+            "traceEvents": events,
+            "displayTimeUnit": "ms",
+            "otherData": {
+                "makejobs_trace": FORMAT,
+                "slots": self._slots,
+                "command": self._command,
+                "started": self._wall0,
+                "duration_us": round(self._end * micro),
+                "sample_interval_ms": SAMPLE_INTERVAL * 1000,
+                "process_interval_ms": TREE_INTERVAL * 1000,
+                "recorder_cpu_s": round(self._cpu, 4),
+            },
+        }
