@@ -31,9 +31,11 @@ Events: metadata (``"ph": "M"``) naming the process and one thread per
 ``idle``, which add up to N); and a complete event (``"ph": "X"``) per
 process with ``args`` ``{pid, ppid, cmdline}``, placed on the first lane
 free at its start so that overlapping processes never share one. Times are
-microseconds from the start of the trace; ``recorder_cpu_s`` is the CPU
-time the sampling thread used, what tracing cost. ``makejobs plot`` draws
-it.
+microseconds from the start of the trace, which ``otherData`` gives as
+``started`` (wall clock, seconds since the epoch) and ``monotonic_origin_s``
+(``CLOCK_MONOTONIC``, to line the trace up with other logs).
+``recorder_cpu_s`` is the CPU time the sampling thread used: what tracing
+cost. ``makejobs plot`` draws the file.
 """
 
 from __future__ import annotations
@@ -349,6 +351,7 @@ class TraceRecorder:
                 "slots": self._slots,
                 "command": self._command,
                 "started": self._wall0,
+                "monotonic_origin_s": self._mono0,
                 "duration_us": round(self._end * micro),
                 "sample_interval_ms": SAMPLE_INTERVAL * 1000,
                 "process_interval_ms": TREE_INTERVAL * 1000,
