@@ -22,7 +22,6 @@ import stat
 __all__ = [
     "Scan",
     "Stat",
-    "children_of",
     "children_supported",
     "cmdline",
     "environ",
@@ -163,22 +162,6 @@ def mount_namespace(pid: int | str) -> str | None:
         return os.readlink(f"{_PROC}/{pid}/ns/mnt")
     except OSError:
         return None
-
-
-def children_of(root: int) -> dict[int, int]:
-    """Every descendant of *root* mapped to its parent (one pass over ``/proc``)."""
-    parents: dict[int, int] = {}
-    for pid in pids():
-        info = process_stat(pid)
-        if info is not None:
-            parents[pid] = info.ppid
-    found: dict[int, int] = {}
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier}
-        for pid in frontier:
-            found[pid] = parents[pid]
-    return found
 
 
 class Scan:

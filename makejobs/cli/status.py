@@ -280,11 +280,11 @@ def _format_status(report: dict[str, Any]) -> str:
 
 
 def _format_holders(report: dict[str, Any]) -> list[str]:
-    from ._holders import short_command
-
     holders = report["holders"]
     if holders is None:
         return []
+    from ._holders import short_command
+
     tokens = report["tokens"]
     lines = []
     if tokens is not None:
