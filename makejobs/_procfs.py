@@ -79,12 +79,24 @@ class Stat:
         self.threads = threads
 
 
+def _read(path: str, size: int = 65536) -> bytes | None:
+    """The start of a /proc file (os calls, no file object: the tracer reads many)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def process_stat(pid: int) -> Stat | None:
     """The :class:`Stat` of *pid*, or None if it is gone."""
-    try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = _read(f"{_PROC}/{pid}/stat", 4096)
+    if data is None:
         return None
     # The command name is in parentheses and may itself contain ") ", so the
     # fields are counted from the last one.
@@ -102,27 +114,26 @@ def process_stat(pid: int) -> Stat | None:
         return None
 
 
-def task_children(pid: int, threads: int = 0) -> list[int]:
-    """The children of every thread of *pid* (``/proc/PID/task/TID/children``).
+def task_children(pid: int, *, every_thread: bool = True) -> list[int]:
+    """The children of *pid* (``/proc/PID/task/TID/children``).
 
-    Pass *threads* = 1 for a process known to have one thread, which saves
-    listing its threads. Empty for a process that is gone, and on kernels
-    built without ``CONFIG_PROC_CHILDREN`` (see :func:`children_supported`).
+    With *every_thread* false only the children its main thread started (or
+    adopted) are read, which saves listing its threads. Empty for a process
+    that is gone, and on kernels built without ``CONFIG_PROC_CHILDREN`` (see
+    :func:`children_supported`).
     """
-    if threads == 1:
-        tasks = [str(pid)]
-    else:
+    if every_thread:
         try:
             tasks = os.listdir(f"{_PROC}/{pid}/task")
         except OSError:
             return []
+    else:
+        tasks = [str(pid)]
     children: list[int] = []
     for tid in tasks:
-        try:
-            with open(f"{_PROC}/{pid}/task/{tid}/children", "rb") as f:
-                children.extend(int(word) for word in f.read().split())
-        except (OSError, ValueError):
-            pass
+        data = _read(f"{_PROC}/{pid}/task/{tid}/children")
+        if data:
+            children.extend(int(word) for word in data.split())
     return children
 
 
@@ -133,11 +144,7 @@ def children_supported() -> bool:
 
 def cmdline(pid: int) -> list[str]:
     """The command line of *pid* (empty for a zombie, a kernel thread or a gone process)."""
-    try:
-        with open(f"{_PROC}/{pid}/cmdline", "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
+    data = _read(f"{_PROC}/{pid}/cmdline", 1 << 20)
     return [os.fsdecode(arg) for arg in data.split(b"\0")[:-1]] if data else []
 
 

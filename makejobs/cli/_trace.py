@@ -10,9 +10,11 @@ What is recorded, by one background thread of ``serve``:
 * **One span per descendant process** of serve: every
   :data:`TREE_INTERVAL` seconds the tree is followed down from serve
   (Linux: ``/proc/PID/task/TID/children`` of serve and of every live
-  descendant, which costs the same however many other processes the
-  machine runs; elsewhere: psutil lists every process and keeps those whose
-  parent is serve or a descendant). Each process found becomes a span:
+  descendant, and one ``poll`` of their pidfds for the exits, which costs
+  the same however many other processes the machine runs; children of a
+  descendant's other threads are looked for every tenth sample; elsewhere:
+  psutil lists every process and keeps those whose parent is serve or a
+  descendant). Each process found becomes a span:
   pid, parent, command line (read again when it ``exec``-s, so the program
   it became is what is shown), start (the kernel's start time, exact to a
   clock tick however late the process was found), and end (the first
@@ -41,6 +43,7 @@ cost. ``makejobs plot`` draws the file.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 
@@ -65,7 +68,7 @@ TREE_INTERVAL = 0.02
 class _Span:
     """One descendant process: found alive, ended when first seen gone."""
 
-    __slots__ = ("cmdline", "end", "pid", "ppid", "process", "recheck", "start")
+    __slots__ = ("cmdline", "end", "pid", "pidfd", "ppid", "process", "recheck", "start")
 
     def __init__(self, pid: int, ppid: int, start: float) -> None:
         self.pid = pid
@@ -74,6 +77,7 @@ class _Span:
         self.end: float | None = None
         self.cmdline: list[str] = []
         self.recheck = False  # Linux: read the command line again next time
+        self.pidfd = -1  # Linux: readable once the process has exited
         self.process: Any = None  # elsewhere: its psutil.Process
 
 
@@ -123,6 +127,9 @@ class TraceRecorder:
         self._stopping = False
         self._linux = False
         self._psutil: Any = None
+        self._poller: select.poll | None = None
+        self._pidfds: dict[int, int] = {}  # pidfd -> pid, for the live spans
+        self._tree_samples = 0
         self._thread = threading.Thread(target=self._run, name="makejobs-trace", daemon=True)
         self._busy: list[tuple[float, int]] = []
         self._live: dict[int, _Span] = {}
@@ -144,6 +151,12 @@ class TraceRecorder:
         if self._linux:
             self._ticks = os.sysconf("SC_CLK_TCK")
             self._boot0 = time.clock_gettime(time.CLOCK_BOOTTIME)
+            if hasattr(os, "pidfd_open"):
+                try:
+                    os.close(os.pidfd_open(os.getpid()))
+                    self._poller = select.poll()
+                except OSError:
+                    pass  # Linux < 5.3: the exit is seen in /proc/PID/stat instead
         else:
             import psutil  # only a traced serve pays for it
 
@@ -189,33 +202,40 @@ class TraceRecorder:
     def _sample_tree_linux(self) -> None:
         """Follow the tree down from serve through /proc/PID/task/TID/children.
 
-        One read per live descendant (its children), plus two for each new
-        process (its start and command line) and one more on the sample after
-        (its command line again, as a process is often found between its fork
-        and its exec), whatever else runs on the machine: listing all of /proc
-        would cost a read per process the machine runs. A process is over
-        once no live parent lists it: it was reaped, or its parent is gone and
-        it was reparented to serve, which lists it again at once.
+        Per sample this reads one file per live descendant (the children of
+        its main thread; every tenth sample, of all its threads) and polls
+        their pidfds once to see which have exited, plus two reads for each
+        new process (its start and command line) and one on the sample after
+        (its command line again: a process is often found between its fork
+        and its exec). The cost grows with the build, not with the number
+        of processes on the machine, as listing all of /proc would.
         """
         now = self._now()
-        listed: dict[int, int] = {}
-        # serve's children are its main thread's (it starts CMD, and orphans
-        # are given to the first live thread of a subreaper); a descendant
-        # may fork from any of its threads.
-        for pid in _procfs.task_children(self._root, threads=1):
-            listed[pid] = self._root
-        for parent in list(self._live):
-            for pid in _procfs.task_children(parent):
-                listed[pid] = parent
-        for pid in [pid for pid in self._live if pid not in listed]:
-            self._end_span(pid, now)
-        for pid, parent in listed.items():
-            span = self._live.get(pid)
-            if span is None:
-                self._add_linux(parent, pid)
-            elif span.recheck:
+        self._tree_samples += 1
+        if self._poller is not None:
+            for fd, _event in self._poller.poll(0):
+                pid = self._pidfds.get(fd)
+                if pid is not None:
+                    self._end_span(pid, now)
+        else:
+            for pid in list(self._live):
+                info = _procfs.process_stat(pid)
+                if info is None or info.state == "Z":
+                    self._end_span(pid, now)
+        every_thread = self._tree_samples % 10 == 1
+        # serve's children are its main thread's: it starts CMD, and orphans
+        # go to the first live thread of a subreaper.
+        root = self._root
+        found = [(root, pid) for pid in _procfs.task_children(root, every_thread=False)]
+        for parent, span in list(self._live.items()):
+            if span.recheck:
                 span.recheck = False
-                span.cmdline = _procfs.cmdline(pid) or span.cmdline
+                span.cmdline = _procfs.cmdline(parent) or span.cmdline
+            for pid in _procfs.task_children(parent, every_thread=every_thread):
+                found.append((parent, pid))
+        for parent, pid in found:
+            if pid not in self._live:
+                self._add_linux(parent, pid)
 
     def _add_linux(self, parent: int, pid: int) -> None:
         """Start a span for a process just found, and look for its children at once."""
@@ -223,10 +243,17 @@ class TraceRecorder:
         if info is None or info.state == "Z":
             return  # came and went between two samples
         span = _Span(pid, parent, max(0.0, info.start / self._ticks - self._boot0))
+        if self._poller is not None:
+            try:
+                span.pidfd = os.pidfd_open(pid)
+            except OSError:
+                return  # gone already
+            self._pidfds[span.pidfd] = pid
+            self._poller.register(span.pidfd, select.POLLIN)
         span.cmdline = _procfs.cmdline(pid)
         span.recheck = True
         self._live[pid] = span
-        for child in _procfs.task_children(pid, info.threads):
+        for child in _procfs.task_children(pid):
             if child not in self._live:
                 self._add_linux(pid, child)
 
@@ -277,6 +304,12 @@ class TraceRecorder:
         if span is not None:
             span.end = now
             span.process = None
+            if span.pidfd >= 0:
+                assert self._poller is not None
+                self._poller.unregister(span.pidfd)
+                del self._pidfds[span.pidfd]
+                os.close(span.pidfd)
+                span.pidfd = -1
             self._done.append(span)
 
     # -- the end ---------------------------------------------------------------------------
