@@ -27,9 +27,11 @@ Because a shared machine makes single makespans noisy (other processes take the 
 in bursts), each run's CPU time is measured too: user + system seconds of serve, make
 and every compiler, from ``getrusage(RUSAGE_CHILDREN)`` around the run. On a build
 that keeps every CPU busy, the makespan grows by the CPU time tracing adds divided by
-N, and CPU time hardly depends on what else the machine runs. The table gives the
+N, and CPU time depends less on what else the machine runs. The table gives the
 median traced/untraced CPU ratio of the same round, and the recorder thread's own CPU
-time (``otherData.recorder_cpu_s``) as a share of the untraced build's.
+time (``otherData.recorder_cpu_s``) as a share of the untraced build's CPU time and of
+N x the traced makespan: the latter is the makespan tracing adds to a build that keeps
+every CPU busy on a machine of its own, the figure least disturbed by other load.
 
 A combined harness imports :func:`run` (rows as dicts) and :func:`to_markdown`.
 """
@@ -161,6 +163,7 @@ def run(
     spans: list[int] = []
     samples: list[int] = []
     shares: list[float] = []
+    capacity: list[float] = []
     with tempfile.TemporaryDirectory(prefix="makejobs-trace-bench-") as tmp:
         directory = Path(tmp)
         write_build(directory, files)
@@ -178,6 +181,7 @@ def run(
             spans.append(count_spans)
             samples.append(count_samples)
             shares.append(recorder / cpus[BASELINE][-1])
+            capacity.append(recorder / (slots * times[TRACED][-1]))
             if log is not None:
                 log(
                     f"round {r + 1}/{rounds}: makespan {times[BASELINE][-1]:.3f} s plain,"
@@ -206,6 +210,7 @@ def run(
             "cpu_s": statistics.median(cpus[TRACED]),
             "cpu_ratio": statistics.median(cpu_ratios),
             "recorder_share": statistics.median(shares),
+            "recorder_capacity_share": statistics.median(capacity),
             "spans": statistics.median(spans),
             "counter_samples": statistics.median(samples),
         },
@@ -233,7 +238,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines.append(
         f"\n{verdict}: makespan with tracing {traced['ratio']:.3f}x (target <= {TARGET_RATIO}x);"
         f" CPU time {traced['cpu_ratio']:.3f}x; the recorder thread alone used"
-        f" {traced['recorder_share']:.2%} of the build's CPU time"
+        f" {traced['recorder_share']:.2%} of the build's CPU time and"
+        f" {traced['recorder_capacity_share']:.2%} of N x makespan (what it can add to the"
+        " makespan of a build that keeps every CPU busy on a machine of its own)"
     )
     return "\n".join(lines)
 

@@ -174,3 +174,11 @@ def test_plot_refuses_what_it_cannot_draw(tmp_path: Path) -> None:
     for args, words in cases:
         done = _run([PY, "-m", "makejobs", "plot", *args])
         assert done.returncode == 1 and words in done.stderr, (args, done.stderr)
+
+
+def test_an_unwritable_trace_stops_serve_before_the_command(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    trace = str(tmp_path / "no" / "x.json")
+    done = _run([PY, "-m", "makejobs", "serve", "--trace", trace, "--", "touch", str(marker)])
+    assert done.returncode == 125 and "cannot write the trace" in done.stderr, done.stderr
+    assert not marker.exists()

@@ -6,7 +6,10 @@ What is recorded, by one background thread of ``serve``:
   the tokens waiting in the pool are counted (``FIONREAD`` through
   :meth:`TokenPool.available`), and busy = N - free (the first slot, on
   which CMD runs, counts as busy for the whole build, as it is in make's
-  own accounting). Only changes are written.
+  own accounting). Only changes are written. While the count has not
+  changed for :data:`STEADY_SAMPLES` samples (a build keeping every slot
+  busy), it is taken every :data:`TREE_INTERVAL` only, until it moves:
+  waking up is most of what tracing costs.
 * **One span per descendant process** of serve: every
   :data:`TREE_INTERVAL` seconds the tree is followed down from serve
   (Linux: ``/proc/PID/task/TID/children`` of serve and of every live
@@ -55,14 +58,24 @@ if TYPE_CHECKING:
 
     from ..pool import TokenPool
 
-__all__ = ["FORMAT", "SAMPLE_INTERVAL", "TREE_INTERVAL", "TraceRecorder", "lanes"]
+__all__ = [
+    "FORMAT",
+    "SAMPLE_INTERVAL",
+    "STEADY_SAMPLES",
+    "TREE_INTERVAL",
+    "TraceRecorder",
+    "lanes",
+]
 
 #: The value of ``otherData["makejobs_trace"]``: the version of this layout.
 FORMAT = 1
 #: Seconds between two counts of the free tokens.
 SAMPLE_INTERVAL = 0.005
-#: Seconds between two listings of the process table.
+#: Seconds between two samples of the process tree.
 TREE_INTERVAL = 0.02
+#: After this many samples without a change the busy slots are counted only
+#: every TREE_INTERVAL, until the count changes again.
+STEADY_SAMPLES = 20
 
 
 class _Span:
@@ -178,26 +191,34 @@ class TraceRecorder:
         sample_tree = self._sample_tree_linux if self._linux else self._sample_tree_psutil
         every = max(1, round(TREE_INTERVAL / SAMPLE_INTERVAL))
         tick = 0
+        unchanged = 0
         # time.sleep, not Event.wait: a wake-up costs half as much, and
-        # stopping may take one interval.
+        # stopping may take one interval. Wake-ups are most of what tracing
+        # costs, so while the count holds still (a saturated build) it is
+        # taken only with the tree, and every SAMPLE_INTERVAL again as soon
+        # as it moves.
         while not self._stopping:
-            self._sample_busy()
-            if tick % every == 0:
+            unchanged = 0 if self._sample_busy() else unchanged + 1
+            steady = unchanged >= STEADY_SAMPLES
+            if steady or tick % every == 0:
                 sample_tree()
             tick += 1
-            time.sleep(SAMPLE_INTERVAL)
+            time.sleep(TREE_INTERVAL if steady else SAMPLE_INTERVAL)
         self._cpu = time.thread_time()  # what sampling cost, for otherData
 
     def _now(self) -> float:
         return time.monotonic() - self._mono0
 
-    def _sample_busy(self) -> None:
+    def _sample_busy(self) -> bool:
+        """Count the busy slots; True if the count changed."""
         free = self._pool.available()
         if free is None:
-            return
+            return False
         busy = self._slots - free
         if not self._busy or self._busy[-1][1] != busy:
             self._busy.append((self._now(), busy))
+            return True
+        return False
 
     def _sample_tree_linux(self) -> None:
         """Follow the tree down from serve through /proc/PID/task/TID/children.
