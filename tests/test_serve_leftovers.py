@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from makejobs import _procfs
 from makejobs.cli._leftovers import remove_leftovers
+from makejobs.ledger import ledger_pool
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +59,26 @@ def _serve(tmp: Path, style: str) -> tuple[subprocess.Popen[str], Path, int]:
     return proc, made, int(pid)
 
 
-def _kill(pid: int) -> None:
+def _pool_key(made: Path) -> tuple[int, int]:
+    """The pipe or fifo of the pool whose directory is *made*."""
+    fifo = made / "fifo"
+    if fifo.exists():
+        st = os.stat(fifo)
+        return st.st_dev, st.st_ino
+    pool = ledger_pool(str(made))
+    assert pool is not None
+    return pool[1], pool[2]
+
+
+def _kill(pid: int, made: Path) -> None:
+    """SIGKILL *pid* and wait (bounded) until no process has the pool of *made* open:
+    helpers of the killed client (a makejobs guardian) may take a moment to go."""
+    key = _pool_key(made)
+    fifo = made / "fifo"
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    # Gone, or a zombie: either way its descriptors are closed.
-    while os.path.exists(f"/proc/{pid}/fd") and os.listdir(f"/proc/{pid}/fd"):
-        assert time.monotonic() < deadline, f"pid {pid} did not die"
+    while _procfs.scan_holders(key, path=str(fifo) if fifo.exists() else None).fds:
+        assert time.monotonic() < deadline, f"the pool of {made} is still held"
         time.sleep(0.01)
 
 
@@ -84,7 +100,7 @@ def test_next_serve_removes_what_a_killed_serve_left(tmp_path: Path, style: str)
         _age(dead_dir)
         _age(alive_dir)
         assert remove_leftovers([str(tmp_path)]) == []
-        _kill(dead_cmd)
+        _kill(dead_cmd, dead_dir)
         done = subprocess.run(
             [PY, "-m", "makejobs", "serve", "-j2", "--", PY, "-c", "pass"],
             env=_env(tmp_path),
@@ -106,7 +122,7 @@ def test_young_and_foreign_directories_are_left_alone(tmp_path: Path) -> None:
     dead, dead_dir, dead_cmd = _serve(tmp_path, "pipe")
     dead.kill()
     dead.wait()
-    _kill(dead_cmd)
+    _kill(dead_cmd, dead_dir)
     # Young: a pool may be in the making.
     assert remove_leftovers([str(tmp_path)]) == []
     # Not a ledger (no pool file) or not laid out like a fifo pool: not ours to judge.

@@ -9,7 +9,9 @@ What is recorded, by one background thread of ``serve``:
   own accounting). Only changes are written. While the count has not
   changed for :data:`STEADY_SAMPLES` samples (a build keeping every slot
   busy), it is taken every :data:`TREE_INTERVAL` only, until it moves:
-  waking up is most of what tracing costs.
+  waking up is most of what tracing costs. The recorder thread runs at
+  the lowest priority (nice 19), so on a machine whose CPUs are all busy
+  its samples may come a few milliseconds late.
 * **One span per descendant process** of serve: every
   :data:`TREE_INTERVAL` seconds the tree is followed down from serve
   (Linux: ``/proc/PID/task/TID/children`` of serve and of every live
@@ -188,6 +190,15 @@ class TraceRecorder:
             signal.SIG_BLOCK,
             {signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT},
         )
+        # The lowest priority (Linux lets a thread have its own): the recorder
+        # then takes CPU time the build leaves, or waits a few milliseconds,
+        # instead of preempting a compiler at every sample. On a build that
+        # keeps every CPU busy this halved what tracing cost (see
+        # benchmarks/trace_overhead.py); samples come a little later there.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         sample_tree = self._sample_tree_linux if self._linux else self._sample_tree_psutil
         every = max(1, round(TREE_INTERVAL / SAMPLE_INTERVAL))
         tick = 0
