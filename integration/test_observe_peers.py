@@ -133,6 +133,25 @@ def test_make43_under_a_fifo_pool(make43: Peer, make441: Peer, tmp_path: Path) -
     assert "4.3" in report["findings"][0]["message"]
 
 
+def _old_ninja() -> str | None:
+    """A ninja older than 1.13 on this machine (Debian/Ubuntu ship 1.11), if any."""
+    for path in ("/usr/bin/ninja", "/bin/ninja", "/usr/local/bin/ninja"):
+        if os.access(path, os.X_OK):
+            done = subprocess.run([path, "--version"], capture_output=True, text=True)
+            version = tuple(int(p) for p in done.stdout.split(".")[:2] if p.isdigit())
+            if version and version < (1, 13):
+                return path
+    return None
+
+
+@pytest.mark.skipif(_old_ninja() is None, reason="no ninja older than 1.13 installed")
+def test_ninja_without_a_jobserver_client(make441: Peer, tmp_path: Path) -> None:
+    old = _old_ninja()
+    report = _doctor(make441, tmp_path, f"+{MJ} doctor --json -- {old} > doctor.json", "-j2")
+    assert report["usable"] is True and _ids(report) == ["ninja-no-client"], report
+    assert "1.13" in report["findings"][0]["message"]
+
+
 def test_fifo_of_a_make_that_has_exited(make441: Peer, tmp_path: Path) -> None:
     _make(make441, tmp_path, {"save": 'echo "$$MAKEFLAGS" > flags'}, "-j2", "save")
     makeflags = (tmp_path / "flags").read_text().strip()

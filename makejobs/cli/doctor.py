@@ -629,7 +629,7 @@ def diagnose(environ: Mapping[str, str], command: Sequence[str] = ()) -> Diagnos
     d = Diagnosis()
     auth = _diagnose_environment(d, environ)
     _diagnose_programs(d, auth, list(command))
-    if d.usable and not any(f.severity == "problem" for f in d.findings):
+    if d.usable and not d.findings:
         d.add("ok", "ok", "nothing found that keeps commands started from here out of the pool")
     return d
 
