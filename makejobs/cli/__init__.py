@@ -28,7 +28,8 @@ Exit statuses
   died of that same signal, makejobs cleans up and then dies of it too, so
   the calling shell or make sees an interrupted command (as shells do).
   126: the command cannot be executed; 127: command not found; 125: makejobs
-  itself failed (no pool could be created; ``--strict`` token check);
+  itself failed (no pool could be created; ``serve --trace`` cannot write
+  its file; ``--strict`` token check);
   124: ``exec --wait`` ran out before ``--min`` slots came.
 * ``run``: 0 when every command succeeded, 1 when any failed or was not
   started, 125 when the pool broke; dies of SIGINT/SIGTERM/SIGHUP it received

@@ -256,8 +256,9 @@ Signals: a SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to makejobs is passed on to CMD an
 process-group descendants (a terminal's ^C already reached them and is not sent twice);
 makejobs then waits for CMD, cleans up, and dies of the same signal if CMD did.
 
-exit status: CMD's; 125 no pool could be made (or --strict found a token mismatch after
-CMD succeeded); 126 CMD cannot be executed; 127 CMD not found.
+exit status: CMD's; 125 no pool could be made or the --trace file cannot be written (or
+--strict found a token mismatch after CMD succeeded); 126 CMD cannot be executed; 127 CMD
+not found.
 
 example: makejobs serve -j 8 -- make"""
     parser.add_argument(
