@@ -46,10 +46,23 @@ import struct
 import threading
 from collections.abc import Callable
 
-__all__ = ["LEDGER_VARIABLE", "Ledger", "Record", "pool_identity"]
+__all__ = [
+    "LEDGER_PREFIX",
+    "LEDGER_VARIABLE",
+    "Ledger",
+    "Record",
+    "find_stale_ledgers",
+    "ledger_pool",
+    "pool_identity",
+    "record_counts",
+    "remove_stale_ledgers",
+]
 
 #: The environment variable that tells children where the ledger is.
 LEDGER_VARIABLE = "MAKEJOBS_LEDGER"
+
+#: How the name of every ledger directory starts.
+LEDGER_PREFIX = "makejobs-ledger-"
 
 _COUNT = struct.Struct("<q")
 _POOL_FILE = "pool"
@@ -181,3 +194,138 @@ class Record:
             except OSError:
                 pass
             self.fd = -1
+
+
+# -- what killed creators leave behind ----------------------------------------------------
+#
+# Ledger.close() removes the directory, but a creator that is SIGKILLed (or
+# loses power) cannot. The directory is then of no use to anyone: only its
+# creator recovers tokens, and clients merely write counts into it. It is
+# safe to remove once no process has the pool open any more, which on Linux
+# /proc can tell (see makejobs._procfs).
+
+
+def ledger_pool(path: str) -> tuple[str, int, int] | None:
+    """The pool the ledger at *path* is for: (kind, device, inode), or None if unreadable.
+
+    *kind* is ``"fifo"`` for pipes and named pipes alike (what :func:`pool_identity`
+    writes).
+    """
+    try:
+        with open(os.path.join(path, _POOL_FILE), encoding="ascii") as f:
+            kind, device, inode = f.read().split(":")
+        return kind, int(device), int(inode)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def record_counts(path: str) -> dict[tuple[int, int], int]:
+    """Each holder record in the ledger at *path*: its file's (device, inode) -> tokens counted.
+
+    A record's lock is held by the client it counts for (``flock``, so
+    ``/proc/locks`` names that client's pid for the same device and inode).
+    Records that vanish while being read are left out.
+    """
+    counts: dict[tuple[int, int], int] = {}
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return counts
+    for name in names:
+        if not name.startswith(_HOLDER_PREFIX):
+            continue
+        try:
+            fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            data = os.pread(fd, _COUNT.size, 0)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        count = _COUNT.unpack(data)[0] if len(data) == _COUNT.size else 0
+        counts[(st.st_dev, st.st_ino)] = count
+    return counts
+
+
+def _pipe_device() -> int:
+    """The device number every anonymous pipe has (Linux's pipefs)."""
+    r, w = os.pipe()
+    try:
+        return os.fstat(r).st_dev
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def find_stale_ledgers(parent: str, *, min_age: float = 10.0) -> list[str]:
+    """Ledger directories under *parent* that nobody can use any more.
+
+    A directory qualifies when it is named like a ledger, belongs to this
+    user, was last changed more than *min_age* seconds ago, names its pool,
+    and no process has that pool open. Only where ``/proc`` shows every
+    process's descriptors (Linux) is anything found: elsewhere the answer is
+    always empty. Processes of other users cannot be inspected; they cannot
+    use this user's private ledger either.
+    """
+    from . import _procfs
+
+    if not _procfs.supported():
+        return []
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(LEDGER_PREFIX)]
+    except OSError:
+        return []
+    if not entries:
+        return []
+    import time
+
+    now = time.time()
+    uid = os.getuid()
+    pipes = _pipe_device()
+    stale = []
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or now - st.st_mtime < min_age:
+            continue
+        pool = ledger_pool(entry.path)
+        if pool is None or pool[0] != "fifo":
+            continue
+        key = (pool[1], pool[2])
+        if key[0] == pipes:
+            holders = _procfs.scan_holders(key)
+        else:
+            # A named fifo: look for it next to the ledger, where a fifo pool keeps it.
+            holders = _procfs.scan_holders(key, path=_fifo_beside(entry.path, key), named=True)
+        if not holders.fds:
+            stale.append(entry.path)
+    return stale
+
+
+def _fifo_beside(ledger_path: str, key: tuple[int, int]) -> str | None:
+    parent = os.path.dirname(ledger_path)
+    try:
+        for entry in os.scandir(parent):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISFIFO(st.st_mode) and (st.st_dev, st.st_ino) == key:
+                return entry.path
+    except OSError:
+        pass
+    return None
+
+
+def remove_stale_ledgers(parent: str, *, min_age: float = 10.0) -> list[str]:
+    """Remove what :func:`find_stale_ledgers` finds under *parent*; the paths removed."""
+    import shutil
+
+    removed = []
+    for path in find_stale_ledgers(parent, min_age=min_age):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed

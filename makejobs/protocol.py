@@ -77,15 +77,23 @@ from __future__ import annotations
 
 import re
 
+# Not typing's TYPE_CHECKING (see makejobs/__init__.py): names for annotations only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = [
     "FifoAuth",
     "MakeFlags",
     "PipeAuth",
+    "describe_unsupported_auth",
     "escape_word",
     "format_makeflags",
+    "make_jobs_option",
     "parse_makeflags",
     "replace_auth",
     "split_words",
+    "unlimited_jobs",
 ]
 
 _AUTH = "--jobserver-auth"
@@ -462,6 +470,7 @@ class _Analysis:
         self.unsupported: str | None = None
         self.source: str | None = None
         self.jobs: int | None = None
+        self.bare_jobs = False  # the last -j had no number
         self.letters: list[str] = []
         self.problems: list[str] = []
         # Word indices, for replace_auth.
@@ -479,6 +488,7 @@ class _Analysis:
             self.problems.append(problem)
 
     def set_jobs(self, value: str | None) -> None:
+        self.bare_jobs = value is None
         if value is None:
             self.jobs = None  # bare -j: no limit
             return
@@ -626,6 +636,73 @@ def parse_makeflags(value: str) -> MakeFlags:
         source=a.source,
         problems=tuple(problems + a.problems),
     )
+
+
+# --------------------------------------------------------------------------
+# Diagnosis helpers: what the words mean for a person reading them
+
+
+def unlimited_jobs(value: str) -> bool:
+    """True when the last ``-j`` of a ``MAKEFLAGS`` value has no number.
+
+    A bare ``-j`` (``make -j``) means no limit at all, and make then runs no
+    jobserver: :attr:`MakeFlags.jobs` is None for it, as for no ``-j``.
+    """
+    if "\0" in value:
+        value = value[: value.index("\0")]
+    return _analyse(_scan(value)).bare_jobs
+
+
+def make_jobs_option(args: Sequence[str]) -> str | None:
+    """The ``-j`` words of a make command line (*args* after the program name), or None.
+
+    Read as make's ``getopt_long`` reads them: ``-j``, ``-j8``, ``-j 8``,
+    ``--jobs``, ``--jobs=8``, ``--jobs 8`` and clusters such as ``-kj8``, up
+    to a ``--`` word. The words are returned as written, joined by a space.
+    A make given any of them on its command line leaves an inherited pool
+    ("-jN forced in submake: resetting jobserver mode").
+    """
+    # A leading "-" word, which make ignores, keeps args[0] from being read
+    # as MAKEFLAGS' dash-less first word of letters.
+    words = [_Word("-", "-", False)] + [_Word(arg, arg, False) for arg in args]
+    a = _analyse(words)
+    found = sorted(a.jobs_words | set(a.trim))
+    if not found:
+        return None
+    return " ".join(words[i].raw for i in found)
+
+
+def _looks_like_a_name(text: str) -> bool:
+    """A letter or ``_``, then letters, digits, ``_``, ``.``, ``-`` (an identifier-like name)."""
+    rest = text[1:].replace("_", "").replace(".", "").replace("-", "")
+    return (text[:1].isascii() and (text[:1].isalpha() or text[:1] == "_")) and (
+        not rest or (rest.isascii() and rest.isalnum())
+    )
+
+
+def describe_unsupported_auth(text: str) -> tuple[str, bool]:
+    """Why the auth text *text* (``MakeFlags.unsupported``) is no pool here.
+
+    Returns ``(reason, semaphore)``: *reason* says what is wrong with the
+    text itself (``fifo path is empty``, ``descriptor too large``...), and
+    *semaphore* is True only when the text looks like the name of a Windows
+    semaphore (GNU make 4.4 on Windows writes ``gmake_semaphore_1234``), the
+    one case where "another platform's jobserver" is the likely story.
+    """
+    _auth, _disabled, _unsupported, problem = _classify(text)
+    if text.startswith("fifo:"):
+        return (problem or f"unusable fifo in {text!r}").split(": ", 1)[-1], False
+    if problem is not None and "too large" in problem:
+        return f"descriptor too large in {text!r} (descriptors are C ints)", False
+    if not text:
+        return "the value is empty: no pipe ('R,W') or fifo ('fifo:PATH') is named", False
+    if _DIGITS_RE.fullmatch(text):
+        return f"a single number {text!r}: a pipe jobserver names two descriptors, 'R,W'", False
+    if problem is not None:
+        return problem, False
+    if _looks_like_a_name(text):
+        return f"{text!r} is not a pipe ('R,W') or a fifo ('fifo:PATH')", True
+    return f"{text!r} is neither a pipe ('R,W') nor a fifo ('fifo:PATH')", False
 
 
 def _check_jobs(jobs: object) -> int:

@@ -3,7 +3,7 @@
 Subcommands, each documented in its module
 ==========================================
 
-* ``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
+* ``makejobs serve [-j N] [--style pipe|fifo] [--strict] [--trace FILE] -- CMD ...``
   (:mod:`~makejobs.cli.serve`): create a pool of N slots and run CMD under it.
 * ``makejobs bridge [--style pipe|fifo|auto] [--relay] [-v] -- CMD ...``
   (:mod:`~makejobs.cli.bridge`): run CMD on the inherited pool, offered in the
@@ -14,7 +14,11 @@ Subcommands, each documented in its module
 * ``makejobs run [-j N] [-l LOAD] [-f FILE] [-k] [-n] ...`` (:mod:`~makejobs.cli.run`):
   run shell command lines in parallel, each on one slot.
 * ``makejobs status [--json]`` (:mod:`~makejobs.cli.status`): describe the
-  pool this environment advertises.
+  pool this environment advertises, and who holds it.
+* ``makejobs doctor [--json] [-- CMD ...]`` (:mod:`~makejobs.cli.doctor`):
+  name what keeps this environment from its build's pool, with the fixes.
+* ``makejobs plot FILE [-o OUT]`` (:mod:`~makejobs.cli.plot`): draw a trace
+  written by ``serve --trace``.
 
 How ``serve`` and ``exec`` pass signals on to CMD is described in
 :mod:`~makejobs.cli._supervise`.
@@ -27,7 +31,8 @@ Exit statuses
   died of that same signal, makejobs cleans up and then dies of it too, so
   the calling shell or make sees an interrupted command (as shells do).
   126: the command cannot be executed; 127: command not found; 125: makejobs
-  itself failed (no pool could be created; ``--strict`` token check);
+  itself failed (no pool could be created; ``serve --trace`` cannot write
+  its file; ``--strict`` token check);
   124: ``exec --wait`` ran out before ``--min`` slots came.
 * ``run``: 0 when every command succeeded, 1 when any failed or was not
   started, 125 when the pool broke; dies of SIGINT/SIGTERM/SIGHUP it received
@@ -35,6 +40,10 @@ Exit statuses
   signal after stopping and reaping them.
 * ``status``: 0 a usable pool is advertised, 1 none is, 2 one is advertised
   but cannot be used.
+* ``doctor``: as ``status``: 0 a usable pool was found, 1 none is
+  advertised, 2 one is advertised but cannot be used here.
+* ``plot``: 0 the picture was written, 1 it could not be (unreadable trace,
+  no matplotlib, unwritable output).
 * 2 for usage errors, like every argparse program.
 * Every command: when its standard output (or error) is a pipe whose reader
   went away (``makejobs status | head -1``), it stops quietly, with no
@@ -85,6 +94,8 @@ _COMMANDS = {
     "exec": ("exec_", "hold slots of the inherited pool for a tool that takes a job count"),
     "run": ("run", "run shell command lines in parallel on the pool"),
     "status": ("status", "describe the pool this environment advertises"),
+    "doctor": ("doctor", "say why a build does or does not get its pool, and how to fix it"),
+    "plot": ("plot", "draw a trace written by serve --trace"),
 }
 
 

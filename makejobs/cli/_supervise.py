@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from time import monotonic, sleep
 
 from ._console import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, say
 
@@ -47,6 +48,7 @@ __all__ = [
     "in_main_thread",
     "other_children",
     "reap_others",
+    "settle_orphans",
     "shell_status",
     "signal_name",
     "spawn_error",
@@ -126,6 +128,41 @@ def other_children(keep: int) -> list[int]:
         return [c.pid for c in psutil.Process().children() if c.pid != keep]
     except Exception:
         return []
+
+
+def settle_orphans(keep: int, grace: float) -> list[int]:
+    """Reap children other than *keep* as they exit, for at most *grace* seconds.
+
+    Returns the ones still running then (empty as soon as none is left). A
+    process that was just signalled, or a helper that ends when its parent
+    does, is usually dying rather than running on: judging at once would
+    count it as a live orphan. Waits on SIGCHLD where ``sigtimedwait`` exists
+    (in the main thread), polling every 0.1 s too, because an orphan whose
+    parent dies hands us its children without a SIGCHLD.
+    """
+    deadline = monotonic() + grace
+    by_signal = in_main_thread() and hasattr(signal, "sigtimedwait")
+    old_chld = signal.getsignal(signal.SIGCHLD) if by_signal else None
+    if old_chld == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # else no SIGCHLD comes
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD}) if by_signal else None
+    try:
+        while True:
+            # Reaped after blocking SIGCHLD: an exit that came before is seen here.
+            reap_others(keep)
+            orphans = other_children(keep)
+            remaining = deadline - monotonic()
+            if not orphans or remaining <= 0:
+                return orphans
+            if by_signal:
+                signal.sigtimedwait({signal.SIGCHLD}, min(remaining, 0.1))
+            else:
+                sleep(min(remaining, 0.02))
+    finally:
+        if old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if old_chld == signal.SIG_IGN:
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
 
 def become_subreaper() -> bool:

@@ -23,6 +23,8 @@ literal ``$MAKEJOBS_SLOTS`` or ``${MAKEJOBS_SLOTS}`` in CMD's arguments
   ``CARGO_MAKEFLAGS`` say ``-jK`` (K = the slots held) with no jobserver,
   so a make that CMD starts runs at most K jobs and nothing is counted
   twice. A jobserver-aware tool should be run directly, not under exec.
+  A ``-j`` given to make or ninja in CMD overrides K: exec warns about it
+  (``-j '$MAKEJOBS_SLOTS'`` is fine).
 * More than one waiting ``exec --min A`` with A > 1 can deadlock, each
   holding part of what it needs: give them ``--wait``.
 
@@ -47,6 +49,7 @@ from ..pool import ENVIRON_VARIABLES, Token, TokenPool
 from ..protocol import parse_makeflags, replace_auth
 from ._args import UsageError, check_slots, fill, split_command
 from ._console import EXIT_FAILED, EXIT_TIMEOUT, SLOTS_VARIABLE, say
+from ._diagnose import exec_warnings
 from ._supervise import (
     REKILL,
     SignalCatcher,
@@ -181,6 +184,8 @@ def command(args: argparse.Namespace) -> int:
                         )
                         return EXIT_TIMEOUT
                     count = len(tokens)
+                    for message in exec_warnings(cmd, names, count):
+                        say("exec", f"warning: {message}")
             env = (
                 _child_environ_without_pool(count, names)
                 if _advertised(os.environ)
@@ -235,7 +240,8 @@ falls back to -j1).
 
 CMD does not join the pool: its MAKEFLAGS/MFLAGS/CARGO_MAKEFLAGS say -jK (K = the slots
 held) without a jobserver, so a make it starts runs at most K jobs and nothing is counted
-twice. Run jobserver-aware tools (make, ninja, cargo) directly instead.
+twice. Run jobserver-aware tools (make, ninja, cargo) directly instead. A -j for make
+or ninja in CMD overrides K (exec warns); -j '$MAKEJOBS_SLOTS' is the number held.
 
 Several waiting `exec --min A` with A > 1 can deadlock, each holding part of what it
 needs; give them --wait.

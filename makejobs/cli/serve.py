@@ -1,4 +1,4 @@
-"""``makejobs serve [-j N] [--style pipe|fifo] [--strict] -- CMD ...``
+"""``makejobs serve [-j N] [--style pipe|fifo] [--strict] [--trace FILE] -- CMD ...``
 
 Create a pool of N slots (default: the usable CPUs), export it to CMD
 (``MAKEFLAGS``, ``MFLAGS`` if set, ``CARGO_MAKEFLAGS``, and the pipe's
@@ -13,14 +13,25 @@ Style: ``pipe`` is the default because every GNU make (4.3 dies on a fifo
 pool), cargo and ninja builds that accept pipes (the PyPI ``ninja`` wheel)
 join it. Upstream ninja 1.13 ignores pipe pools: use ``--style fifo`` for
 it (and for make >= 4.4 children that are not marked recursive with
-``+``). A fifo lives in a private directory under ``$TMPDIR`` and is
-removed on every exit that can be caught (normal exit, errors, SIGINT,
-SIGTERM, SIGHUP, SIGQUIT; not SIGKILL).
+``+``).
+
+Files: serve keeps a token ledger (below) in a private directory under
+``$TMPDIR``: ``makejobs-ledger-*`` for a pipe pool; for a fifo pool, the
+fifo and its ledger share a ``makejobs-*`` directory. They are removed on
+every exit that can be caught (normal exit, errors, SIGINT, SIGTERM,
+SIGHUP, SIGQUIT). A SIGKILL leaves them behind; the next serve removes
+those whose pool no process has open any more (Linux, where ``/proc`` can
+tell; see :mod:`makejobs.cli._leftovers`). Elsewhere they stay until the
+temporary directory is cleaned.
 
 Do not give CMD its own ``-j``: ``make -jN`` and even a bare ``make -j``
 print "-jN forced in submake: resetting jobserver mode" and ignore the
 pool (observed with make 4.3 and 4.4.1); ``ninja -jN`` ignores it too.
-``cargo -jN`` stays inside the pool.
+``cargo -jN`` stays inside the pool. serve warns when it sees such a
+``-j``, and when the pool it makes would come on top of one this
+environment already advertises (or one the parent withheld with
+``-2,-2``, or a parent's unlimited bare ``-j``), saying how to fix it
+(see :mod:`makejobs.cli._diagnose`).
 
 Signals are passed on to CMD as described in :mod:`makejobs.cli._supervise`.
 
@@ -29,7 +40,11 @@ serve makes itself the subreaper of everything CMD starts (Linux). About
 once a second, and at the end, when no orphaned process is left running,
 serve gives back the tokens of makejobs clients that died holding them
 (SIGKILL, the OOM killer) and says so on stderr. With orphans still running
-nothing is recovered: one of them might be working on such a token. Tokens
+nothing is recovered: one of them might be working on such a token. At the
+end, orphans first get a moment to exit (:data:`SETTLE` seconds, or
+:data:`SETTLE_AFTER_SIGNAL` after serve passed a signal on, less when they
+are gone sooner), so processes that are merely dying are not reported as
+running and their tokens are not reported missing. Tokens
 lost by make, ninja or cargo themselves cannot be seen, so they cannot be
 recovered.
 """
@@ -37,12 +52,14 @@ recovered.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 
 from .._posix import usable_cpus
 from ..pool import TokenPool
 from ._args import check_slots, fill, split_command
 from ._console import EXIT_FAILED, say
+from ._diagnose import serve_warnings
 from ._supervise import (
     REKILL,
     SignalCatcher,
@@ -51,13 +68,27 @@ from ._supervise import (
     die_of,
     other_children,
     reap_others,
+    settle_orphans,
     shell_status,
     spawn_error,
     wait_child,
 )
 from ._token_count import close_counting
 
-__all__ = ["command", "configure"]
+# Not typing's TYPE_CHECKING (see makejobs/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._trace import TraceRecorder
+
+__all__ = ["SETTLE", "SETTLE_AFTER_SIGNAL", "command", "configure"]
+
+#: Seconds serve gives orphans to exit after CMD has, before it judges them
+#: (a makejobs helper ends when its parent does, a daemon's child a moment
+#: after it); they are reaped as they go and serve goes on when none is left.
+SETTLE = 1.0
+#: The same after serve passed a signal on: every descendant was told to stop
+#: and most are busy dying (a worker's teardown, a make removing targets).
+SETTLE_AFTER_SIGNAL = 5.0
 
 
 def _report_tokens(found: int | None, expected: int) -> bool:
@@ -101,10 +132,14 @@ class _Recovery:
                 " holding them",
             )
 
-    def finish(self) -> None:
-        reap_others(self.main)
-        orphans = other_children(self.main)
-        if orphans and self.enabled:
+    def finish(self, signalled: bool) -> None:
+        """Judge the orphans once they had a moment to exit; recover if none is left."""
+        if not self.enabled:
+            reap_others(self.main)
+            return
+        grace = SETTLE_AFTER_SIGNAL if signalled else SETTLE
+        orphans = settle_orphans(self.main, grace)
+        if orphans:
             say(
                 "serve",
                 f"{len(orphans)} orphaned process(es) still running (e.g. pid {orphans[0]});"
@@ -113,10 +148,29 @@ class _Recovery:
         self()
 
 
+def _remove_leftovers() -> None:
+    """Remove what killed serves left in the temporary directory (see cli._leftovers)."""
+    from ._leftovers import remove_leftovers
+
+    try:
+        remove_leftovers()
+    except Exception:  # never a reason not to run the command
+        pass
+
+
+def _write_trace(trace: TraceRecorder, path: str) -> None:
+    try:
+        trace.stop()
+    except OSError as e:
+        say("serve", f"cannot write the trace to {path}: {e.strerror or e}")
+
+
 def command(args: argparse.Namespace) -> int:
     """Run ``makejobs serve``; the exit status (see :mod:`makejobs.cli`)."""
     cmd = split_command(args.command)
     slots: int = args.jobs if args.jobs is not None else usable_cpus()
+    for message in serve_warnings(cmd, os.environ, slots):
+        say("serve", f"warning: {message}")
     status = EXIT_FAILED
     rekill: int | None = None
     with SignalCatcher() as catcher:
@@ -124,7 +178,9 @@ def command(args: argparse.Namespace) -> int:
         # still cleaned up by the finally below).
         catcher.raising = True
         pool: TokenPool | None = None
+        trace: TraceRecorder | None = None
         try:
+            _remove_leftovers()
             try:
                 pool = TokenPool.create(slots, style=args.style, ledger=True)
             except (OSError, ValueError) as e:
@@ -134,6 +190,15 @@ def command(args: argparse.Namespace) -> int:
             # still be running on a dead client's token (see makejobs.ledger).
             recovery = _Recovery(pool, become_subreaper())
             env = pool.environ()
+            if args.trace is not None:
+                from ._trace import TraceRecorder
+
+                try:
+                    trace = TraceRecorder(args.trace, pool, slots, cmd)
+                except OSError as e:
+                    say("serve", f"cannot write the trace to {args.trace}: {e.strerror or e}")
+                    return EXIT_FAILED
+                trace.start()
             catcher.raising = False
             try:
                 child = subprocess.Popen(cmd, env=env, pass_fds=pool.pass_fds)
@@ -144,13 +209,15 @@ def command(args: argparse.Namespace) -> int:
                 catcher.attach(child)
                 wait_child(child, catcher, every_second=recovery)
                 assert child.returncode is not None
-                recovery.finish()
+                recovery.finish(signalled=bool(catcher.received))
                 status = shell_status(child.returncode)
                 rekill = catcher.rekill_signal(child.returncode)
         except Signalled as s:
             status = 128 + s.signum
             rekill = s.signum if s.signum in REKILL else None
         finally:
+            if trace is not None:
+                _write_trace(trace, args.trace)
             if pool is not None:
                 found = close_counting(pool)
                 if _report_tokens(found, slots - 1) and args.strict and status == 0:
@@ -173,18 +240,25 @@ styles:
   pipe (default)  works with every GNU make (4.3 dies on fifo pools), cargo, and ninja
                   builds that accept pipes (the PyPI ninja wheel)
   fifo            needed by upstream ninja 1.13 (it ignores pipe pools) and reaches make
-                  >= 4.4 recipes not marked '+'; removed on every catchable exit
+                  >= 4.4 recipes not marked '+'
+
+files: a token ledger for either style (makejobs-ledger-* in $TMPDIR; a fifo pool keeps
+it with the fifo in a makejobs-* directory), removed on every exit serve can catch. After
+a SIGKILL they stay; the next serve removes those that no process uses any more (Linux).
 
 Give CMD no -j of its own: `make -jN` and even `make -j` ignore the pool ("forced in
 submake"), so does `ninja -jN`; `cargo -jN` stays within it. The pool is always a new
-one, even under an inherited pool.
+one, even under an inherited pool. serve warns on stderr when it sees either: a -j for
+make or ninja in CMD, or a pool it would stack on (also one withheld with -2,-2, make
+4.4's mark for a recipe line without '+', and a parent's bare -j).
 
 Signals: a SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to makejobs is passed on to CMD and its
 process-group descendants (a terminal's ^C already reached them and is not sent twice);
 makejobs then waits for CMD, cleans up, and dies of the same signal if CMD did.
 
-exit status: CMD's; 125 no pool could be made (or --strict found a token mismatch after
-CMD succeeded); 126 CMD cannot be executed; 127 CMD not found.
+exit status: CMD's; 125 no pool could be made or the --trace file cannot be written (or
+--strict found a token mismatch after CMD succeeded); 126 CMD cannot be executed; 127 CMD
+not found.
 
 example: makejobs serve -j 8 -- make"""
     parser.add_argument(
@@ -204,6 +278,12 @@ example: makejobs serve -j 8 -- make"""
         "--strict",
         action="store_true",
         help="exit 125 when tokens are missing or extra at the end although CMD succeeded",
+    )
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="record busy slots and every process CMD starts in FILE (Chrome Trace Event"
+        " JSON, for Perfetto or chrome://tracing; draw it with `makejobs plot FILE`)",
     )
     parser.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command to run"
