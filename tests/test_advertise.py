@@ -325,3 +325,34 @@ def test_a_pool_keeps_the_form_this_process_was_given_it_in(tmp_path: Path) -> N
     assert for_any_child(pool, {**other.environ(), **path}).style == "fifo"
     close_clean(pool)
     close_clean(other)
+
+
+# -- makejobs serve's default style ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "style"),
+    [
+        ("make", "GNU Make 4.4.1", "fifo"),
+        ("make", "GNU Make 4.3", "pipe"),
+        ("ninja", "1.13.2", "fifo"),
+        ("cargo", "cargo 1.95.0", "pipe"),
+        ("build.sh", "", "pipe"),
+    ],
+)
+def test_serve_creates_the_pool_in_the_form_cmd_speaks(
+    tmp_path: Path, name: str, version: str, style: str
+) -> None:
+    program = fake(tmp_path, name, version)
+    done = subprocess.run(
+        [sys.executable, "-m", "makejobs", "serve", "-j", "3", "--", str(program)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    flags, _fds = report_of(done.stdout)
+    auth = parse_makeflags(flags).auth
+    assert isinstance(auth, FifoAuth if style == "fifo" else PipeAuth), flags

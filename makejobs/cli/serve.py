@@ -1,4 +1,4 @@
-"""``makejobs serve [-j N] [--style pipe|fifo] [--strict] [--trace FILE] -- CMD ...``
+"""``makejobs serve [-j N] [--style auto|pipe|fifo] [--strict] [--trace FILE] -- CMD ...``
 
 Create a pool of N slots (default: the usable CPUs), export it to CMD
 (``MAKEFLAGS``, ``MFLAGS`` if set, ``CARGO_MAKEFLAGS``, and the pipe's
@@ -9,11 +9,12 @@ exit status 125 with ``--strict`` when CMD itself succeeded). The pool is
 always a new one, even where another is inherited (as for ``make -jN``
 given to a sub-make).
 
-Style: ``pipe`` is the default because every GNU make (4.3 dies on a fifo
-pool), cargo and ninja builds that accept pipes (the PyPI ``ninja`` wheel)
-join it. Upstream ninja 1.13 ignores pipe pools: use ``--style fifo`` for
-it (and for make >= 4.4 children that are not marked recursive with
-``+``).
+Style: ``auto`` (the default) picks the form CMD speaks, by the rule of
+:func:`makejobs.advertise.command_style`: a fifo for GNU make >= 4.4 (it
+also reaches recipes not marked ``+``) and for ninja (upstream ninja 1.13
+ignores pipe pools), a pipe for make <= 4.3 (it dies on a fifo pool), cargo
+and anything else. ``pipe`` and ``fifo`` force one form (the measured table
+behind this is in the README).
 
 Files: serve keeps a token ledger (below) in a private directory under
 ``$TMPDIR``: ``makejobs-ledger-*`` for a pipe pool; for a fifo pool, the
@@ -182,7 +183,12 @@ def command(args: argparse.Namespace) -> int:
         try:
             _remove_leftovers()
             try:
-                pool = TokenPool.create(slots, style=args.style, ledger=True)
+                style = args.style
+                if style == "auto":
+                    from ..advertise import command_style
+
+                    style = command_style(cmd) or "pipe"
+                pool = TokenPool.create(slots, style=style, ledger=True)
             except (OSError, ValueError) as e:
                 say("serve", f"cannot create a pool of {slots} slots: {e}")
                 return EXIT_FAILED
@@ -237,7 +243,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.epilog = """\
 styles:
-  pipe (default)  works with every GNU make (4.3 dies on fifo pools), cargo, and ninja
+  auto (default)  the form CMD speaks: fifo for GNU make >= 4.4 and ninja, pipe for
+                  make <= 4.3, cargo and anything else
+  pipe            works with every GNU make (4.3 dies on fifo pools), cargo, and ninja
                   builds that accept pipes (the PyPI ninja wheel)
   fifo            needed by upstream ninja 1.13 (it ignores pipe pools) and reaches make
                   >= 4.4 recipes not marked '+'
@@ -270,9 +278,9 @@ example: makejobs serve -j 8 -- make"""
     )
     parser.add_argument(
         "--style",
-        choices=("pipe", "fifo"),
-        default="pipe",
-        help="how the pool is shared (default: pipe; see below)",
+        choices=("auto", "pipe", "fifo"),
+        default="auto",
+        help="how the pool is shared (default: auto, by CMD; see below)",
     )
     parser.add_argument(
         "--strict",
