@@ -62,17 +62,13 @@ class BlockingSource:
             if self._wanted == 0:
                 self._give_back_waiting()
 
-    def prompt(self) -> None:
-        """For a caller that may not wait: if the pool shows a token, fetch it briefly."""
-        if _posix.available_tokens(self.r) or not _posix.available_tokens(self.shared):
-            return
-        self.want()
-        try:
-            _posix.wait_readable(self.r, PROMPT)
-        finally:
-            # A token fetched just after stays for the next taker while someone
-            # wants one; unwant() gives it back otherwise.
-            self.unwant()
+    def shows_a_token(self) -> bool:
+        """True when the shared pipe holds a token (or one waits here already)."""
+        return bool(_posix.available_tokens(self.r) or _posix.available_tokens(self.shared))
+
+    def wait_briefly(self) -> None:
+        """For a caller that may not wait (wanting): give the thread a moment to fetch."""
+        _posix.wait_readable(self.r, PROMPT)
 
     def _give_back_waiting(self) -> None:
         # Caller holds the condition's lock.

@@ -348,7 +348,10 @@ class Future(Generic[T]):
 
         The future is not passed automatically. Callbacks run in registration
         order, exactly once each, in whichever thread completes the job; one
-        registered on a finished future runs before this returns.
+        registered on a finished future runs before this returns, except when
+        this is called from inside a callback: callbacks never nest, so it
+        runs right after the running callback returns, before the makejobs
+        call that ran that callback returns.
 
         Raises:
             CallbackRaised: this or another pending callback raised.

@@ -535,18 +535,24 @@ class Jobserver:
             )
             try:
                 process.start()
-            except (
-                pickle.PicklingError,
-                AttributeError,
-                TypeError,
-                ValueError,
-                RecursionError,
-            ) as e:
-                raise TypeError(
-                    f"the job or its arguments cannot be pickled for start method"
-                    f" {self._method!r}: {e}"
-                ) from e
-            except _START_ERRORS as e:
+                return _MultiprocessingProcess(process)
+            except BaseException as e:
+                if process.pid is not None:
+                    # Started but not handed back (an interruption, say): the
+                    # caller cannot stop it, so it is stopped here.
+                    with contextlib.suppress(Exception):
+                        process.kill()
+                        process.join()
+                if isinstance(
+                    e,
+                    (pickle.PicklingError, AttributeError, TypeError, ValueError, RecursionError),
+                ):
+                    raise TypeError(
+                        f"the job or its arguments cannot be pickled for start method"
+                        f" {self._method!r}: {e}"
+                    ) from e
+                if not isinstance(e, _START_ERRORS):
+                    raise
                 if attempt == 1 and self._method == "forkserver":
                     _forget_dead_forkserver()
                     continue
@@ -555,7 +561,6 @@ class Jobserver:
                     f" ({type(e).__name__}: {e}); if the fork server died (a process or file"
                     " limit, or it was killed), the next submit starts a new one"
                 ) from e
-            return _MultiprocessingProcess(process)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def map(
@@ -703,7 +708,11 @@ def _rebuild_jobserver(
     preexec_fn: Callable[[], Any] | None,
     sleep_fn: SleepFn | None,
 ) -> Jobserver:
-    return Jobserver(method, pool=pool, env=env, preexec_fn=preexec_fn, sleep_fn=sleep_fn)
+    js = Jobserver(method, pool=pool, env=env, preexec_fn=preexec_fn, sleep_fn=sleep_fn)
+    # The pool handle came with the copy (a handle of its own on the same pool,
+    # with the same implicit slot): closing the copy closes that handle only.
+    js._owns_pool = True
+    return js
 
 
 _ChunkResult = tuple[list[Any], Union[BaseException, None]]

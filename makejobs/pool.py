@@ -355,14 +355,16 @@ class _Core:
             self.record.add(-escrow.held())  # before the write: a death in between loses
         try:
             escrow.give_back()
-        finally:
-            # Cleared after the move, so an interrupted release can be retried
-            # (an empty escrow gives back nothing). Not recycled if the pool
-            # refused the byte: it stays, with its escrow, out of use.
+        except PoolBroken:
+            # The pool refused the byte: it is dropped, with its escrow.
             token._escrow = None
             self.holders.pop(escrow, None)
-            if not escrow.held():
-                (self.free_implicit if token.implicit else self.free_tokens).append(escrow)
+            raise
+        # Cleared only after the move, so an interrupted release can be retried
+        # (an empty escrow gives back nothing).
+        token._escrow = None
+        self.holders.pop(escrow, None)
+        (self.free_implicit if token.implicit else self.free_tokens).append(escrow)
 
     def _new_escrow(self, dest: int, register: bool) -> Escrow:
         escrow = Escrow(dest)
@@ -883,12 +885,19 @@ class TokenPool:
             token = core.take(self, implicit=False)
             if token is not None or core.relay is None:
                 return token
-        # A blocking shared pipe: fetch a token the pool shows, briefly, and retry.
-        core.relay.prompt()
-        with core.lock:
-            if core.closed:
-                raise ValueError("the token pool is closed")
-            return core.take(self, implicit=False)
+        # A blocking shared pipe: a token the pool shows is fetched, briefly, and taken.
+        relay = core.relay
+        if not relay.shows_a_token():
+            return None
+        relay.want()
+        try:
+            relay.wait_briefly()
+            with core.lock:
+                if core.closed:
+                    raise ValueError("the token pool is closed")
+                return core.take(self, implicit=False)
+        finally:
+            relay.unwant()
 
     def _want(self) -> None:
         """A caller is about to wait on fileno(): with a helper thread, it must read."""
