@@ -43,6 +43,7 @@ import warnings
 import weakref
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from functools import partial
 from time import monotonic
 
 from . import _advertised, _posix
@@ -220,7 +221,7 @@ class _Core:
     implicit: ImplicitSlot
     free_tokens: list[Escrow]
     free_implicit: list[Escrow]
-    holders: dict[Escrow, TokenPool]
+    holders: dict[Escrow, tuple[TokenPool, weakref.ref[Token]]]
     orphans: list[Escrow]
 
     def __init__(
@@ -325,15 +326,16 @@ class _Core:
             free, source, dest = self.free_tokens, self.source, self.writer
         escrow = free.pop() if free else self._new_escrow(dest, register=not implicit)
         # The holder exists before the slot moves: whatever interrupts us after
-        # the move, the token is in its escrow and the escrow is in a Token.
+        # the move, the token is in its escrow, and the escrow is listed with a
+        # reference to the Token that calls back if the Token is dropped held.
         token = Token(handle, escrow, implicit, self.generation)
-        self.holders[escrow] = handle
+        self.holders[escrow] = (handle, weakref.ref(token, partial(self.dropped, escrow)))
         try:
             moved = _posix.move(source, escrow.w, 1)
         except EOFError:
             moved = -1
         if moved <= 0:
-            token._escrow = None  # never held anything: nothing for __del__ to do
+            token._escrow = None
             del self.holders[escrow]
             free.append(escrow)
             if moved < 0:
@@ -382,39 +384,40 @@ class _Core:
         keeper.add_escrow(self, self.writer, holding)
         return True
 
-    def collect(self, token: Token) -> None:
-        """A token was garbage collected without being released: give its slot back."""
-        if token._generation != fork_generation or self.generation != fork_generation:
-            return  # a token of our parent's, in a forked child: not ours to touch
-        escrow = token._escrow
-        if escrow is None:
-            return
+    def dropped(self, escrow: Escrow, ref: object) -> None:
+        """A Token was garbage collected while it held *escrow*: give its slot back.
+
+        Called only for tokens dropped unreleased (a release forgets the
+        reference first), so no Python code runs when a released token goes.
+        """
+        if self.generation != fork_generation or escrow not in self.holders:
+            return  # a token of our parent's, in a forked child; or already done
         # Garbage collection can run inside a locked section of this very
         # thread: never wait for the lock here, leave the work to its holder.
+        self.orphans.append(escrow)
         if not self.lock.acquire(False):
-            token._escrow = None
-            self.orphans.append(escrow)
             return
         try:
-            if self.closed:
-                return
-            if escrow.held():
-                warnings.warn(
-                    f"{token!r} was garbage collected without being released; giving it back",
-                    ResourceWarning,
-                    stacklevel=2,
-                )
-            with contextlib.suppress(PoolBroken):
-                self.give_back(token)
-            self.settle_orphans()
+            if not self.closed:
+                self.settle_orphans()
         finally:
             self.lock.release()
 
     def settle_orphans(self) -> None:
-        """Give back the escrows of tokens collected while the lock was held (lock held)."""
+        """Give back the escrows of tokens dropped while held (the lock is held)."""
         while self.orphans:
             escrow = self.orphans.pop()
-            self.holders.pop(escrow, None)
+            if self.holders.pop(escrow, None) is None:
+                continue
+            if escrow.held():
+                warnings.warn(
+                    "a jobserver token was garbage collected without being released;"
+                    " giving it back",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+            if escrow.dest == self.writer and self.record is not None:
+                self.record.add(-escrow.held())
             with contextlib.suppress(PoolBroken):
                 escrow.give_back()
             if not escrow.held():
@@ -425,7 +428,7 @@ class _Core:
         """The escrows holding pool tokens taken through *handle* (None: any handle)."""
         return [
             escrow
-            for escrow, holder in self.holders.items()
+            for escrow, (holder, _ref) in self.holders.items()
             if escrow.dest == self.writer and (handle is None or holder is handle)
         ]
 
@@ -964,9 +967,6 @@ class TokenPool:
             core.give_back(token)
             if core.orphans:
                 core.settle_orphans()
-
-    def _collect(self, token: Token) -> None:
-        self._core.collect(token)
 
     def slot(self, timeout: float | None = None) -> AbstractContextManager[Token]:
         """Hold one slot for the duration of a ``with`` block.

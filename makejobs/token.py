@@ -197,10 +197,6 @@ class Token:
     def __exit__(self, *exc_info: object) -> None:
         self._pool.release(self)
 
-    def __del__(self) -> None:
-        if getattr(self, "_escrow", None) is not None:
-            self._pool._collect(self)
-
 
 class Slot:
     """The context manager :meth:`TokenPool.slot` returns (a class: cheaper than a generator)."""

@@ -240,6 +240,19 @@ def test_an_exception_at_any_line_keeps_the_books_exact(function: Callable[..., 
             assert pool.close() == 1, where
 
 
+def test_a_token_dropped_unreleased_goes_back_with_a_resource_warning() -> None:
+    pool = TokenPool.create(3)
+    kept = pool.acquire()
+    with pytest.warns(ResourceWarning, match="garbage collected without being released"):
+        pool.acquire()  # dropped at once, as by an interrupted caller
+    assert pool.available() == 2 and pool.held == 0
+    released = pool.acquire()
+    pool.release(released)
+    del released  # a released token going away does nothing at all
+    pool.release(kept)
+    assert exact_close(pool) == 2
+
+
 # -- B4: every join owns what it closes -----------------------------------------------------
 
 
