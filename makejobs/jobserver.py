@@ -410,11 +410,14 @@ class Jobserver:
                 engine.add(future)
             return future
         except BaseException:
-            if process is not None and not engine.owns(tokens):
-                # Never registered: it must not run on tokens about to go back.
-                process.kill(signal.SIGKILL)
-                process.poll(block=True)
             if not engine.owns(tokens):
+                # Never registered: it must not run on tokens about to go back.
+                if process is not None:
+                    process.kill(signal.SIGKILL)
+                    process.poll(block=True)
+                elif r >= 0:
+                    _stop_unknown_job(r, w)  # closes w
+                    w = -1
                 _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
             raise
         finally:
@@ -743,6 +746,33 @@ def _check_args(args: Iterable[Any]) -> tuple[Any, ...]:
             f" {type(args).__name__} {args!r}: write ({args!r},) for a single argument"
         )
     return tuple(args)
+
+
+def _stop_unknown_job(r: int, w: int) -> None:
+    """Stop a job whose start was interrupted before multiprocessing handed it back.
+
+    It holds the write end of its result pipe: if, our own copy closed, the
+    pipe does not hang up, some process has it, and (but for the fork server
+    passing it on) that can only be the job. Found in ``/proc`` (Linux),
+    killed, and waited for; elsewhere it is left to end by itself.
+    """
+    import select
+
+    from ._guardian_main import holders_of
+
+    if w >= 0:
+        os.close(w)
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    if any(mask & select.POLLHUP for _fd, mask in poller.poll(0)):
+        return  # nobody else has it: no job was started
+    from multiprocessing import forkserver
+
+    server = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    for pid in holders_of(os.fstat(r).st_ino) - {os.getpid(), server}:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    poller.poll(5000)  # until the pipe hangs up: the job is gone
 
 
 def _ensure_forkserver() -> None:

@@ -142,6 +142,37 @@ def test_a_started_job_interrupted_before_it_is_registered_is_stopped(
     assert exact_close(pool) == 1
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_job_whose_start_was_interrupted_before_it_was_handed_back_is_found_and_stopped(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process exists but multiprocessing never handed it back (an interrupt inside
+    Process.start()): it is found by the result pipe it holds, and stopped."""
+    import multiprocessing.process
+
+    pool = TokenPool.create(2)
+    hidden: list[int] = []
+    real_start = multiprocessing.process.BaseProcess.start
+
+    def start_then_lose_it(process: Any) -> None:
+        real_start(process)
+        hidden.append(process.pid)
+        process._popen = None  # as if interrupted before the assignment
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    with Jobserver(method, pool=pool) as js:
+        assert js.submit(identity, (1,)).result(timeout=60) == 1
+        monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_then_lose_it)
+        with pytest.raises(KeyboardInterrupt):
+            js.submit(span, (30,))
+        monkeypatch.undo()
+        assert hidden and wait_for_exit(hidden[0], 30)
+        assert pool.implicit_free and pool.available() == 1
+        assert js.submit(identity, (2,)).result(timeout=60) == 2
+    assert exact_close(pool) == 1
+
+
 # -- A2: an exception at every line of the critical functions -------------------------------
 
 
