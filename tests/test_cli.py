@@ -122,7 +122,7 @@ def test_python_m_help(sub: list[str]) -> None:
 
 def test_help_documents_the_decisions() -> None:
     serve = mj("serve", "--help").stdout
-    assert "pipe (default)" in serve and "upstream ninja" in serve and "4.3" in serve
+    assert "auto (default)" in serve and "upstream ninja" in serve and "4.3" in serve
     assert "forced in" in serve  # children must not get their own -j
     exec_ = mj("exec", "--help").stdout
     assert cli.SLOTS_VARIABLE in exec_ and "124" in exec_
