@@ -247,3 +247,20 @@ def test_an_unusable_pool_warns_and_runs_one_test_at_a_time(make43: Peer, tmp_pa
     assert "JobserverUnavailable" in proc.stdout, describe(proc)
     assert "pytest-xdist workers run one test at a time" in proc.stdout, describe(proc)
     assert "INTERNAL" not in proc.stderr, describe(proc)
+
+
+def test_another_jobserver_plugin_is_refused_instead_of_deadlocking(tmp_path: Path) -> None:
+    # pytest-jobserver, when installed, is the module pytest_jobserver.plugin; here an
+    # empty module of that name stands for it (the benchmark runs the real one).
+    root = project(tmp_path, ("test_work.py", WORK_TESTS))
+    (root / "pytest_jobserver").mkdir()
+    (root / "pytest_jobserver" / "__init__.py").write_text("")
+    (root / "pytest_jobserver" / "plugin.py").write_text("")
+    with TokenPool.create(2, style="fifo") as pool:
+        env = inner_environ(tmp_path, pool, TESTS="1", SECONDS="0")
+        argv = [*PYTEST, *MAKEJOBS, "-p", "pytest_jobserver.plugin", "-n", "2"]
+        proc = run_captured(argv, root, TIMEOUT, env=env)
+        assert proc.returncode == 4, describe(proc)  # a usage error
+        assert "pytest-jobserver is active too" in proc.stderr, describe(proc)
+        assert "-p no:jobserver or -p no:makejobs" in proc.stderr
+        assert pool.available() == 1 and pool.implicit_free

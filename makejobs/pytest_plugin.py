@@ -53,6 +53,14 @@ _F = TypeVar("_F", bound=Callable[..., object])
 # pytest.hookimpl with a type: mypy does not follow pytest (see pyproject.toml).
 _hookimpl: Callable[..., Callable[[_F], _F]] = pytest.hookimpl
 
+#: Other plugins that take a jobserver token per test, by module, with the name that
+#: ``-p no:NAME`` disables them by. Beside ours, each test would need a slot from both,
+#: and workers would wait for each other's tokens forever.
+RIVALS = {
+    "pytest_jobserver.plugin": ("pytest-jobserver", "jobserver"),
+    "pytest_xdist_gnumake.plugin": ("pytest-xdist-gnumake", "tracker"),
+}
+
 #: The key of xdist's ``workerinput`` that carries the lender's address.
 WORKERINPUT_KEY = "makejobs_lender"
 
@@ -134,7 +142,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if plan.warning is not None:
         config.issue_config_time_warning(plan.warning, stacklevel=2)
     if distributing:
+        _refuse_rivals(config)
         config.pluginmanager.register(_ControllerSlots(plan), "makejobs-controller")
+
+
+def _refuse_rivals(config: pytest.Config) -> None:
+    for _name, plugin in config.pluginmanager.list_name_plugin():
+        rival = RIVALS.get(getattr(plugin, "__name__", ""))
+        if rival is not None:
+            project, name = rival
+            raise pytest.UsageError(
+                f"{project} is active too: it and makejobs would both take a jobserver"
+                f" token for every test, and the workers would wait for each other's"
+                f" tokens. Disable one of them: -p no:{name} or -p no:makejobs"
+            )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
