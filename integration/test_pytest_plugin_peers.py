@@ -225,6 +225,11 @@ def test_n_auto_is_the_pool_size_or_the_usable_cpus(tmp_path: Path) -> None:
             unsized.pop(variable, None)
         assert auto_workers(root, tmp_path, unsized) == str(len(os.sched_getaffinity(0)))
         assert pool.available() == 2
+        # -n 0: xdist is told not to distribute, and the run takes no token either.
+        proc = run_captured([*PYTEST, *MAKEJOBS, "-n", "0"], root, TIMEOUT, env=env)
+        assert proc.returncode == 0 and "1 passed" in proc.stdout, describe(proc)
+        assert (tmp_path / "workers").read_text() == "serial"  # the test ran in pytest itself
+        assert pool.available() == 2
     # No pool: the plugin does nothing, and xdist decides as it would without it.
     plain = inner_environ(tmp_path, TESTS="1", SECONDS="0")
     assert auto_workers(root, tmp_path, plain) == auto_workers(root, tmp_path, plain, plugin=False)

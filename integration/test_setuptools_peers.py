@@ -60,7 +60,10 @@ PyMODINIT_FUNC PyInit_spanned(void) {{ return PyModule_Create(&module); }}
 FUNCTION = """\
 double work{i}_{k}(double *a, int n) {{
     double s = 0;
-    for (int j = 0; j < n; j++) {{ s += a[j] * {k}.5 - a[j] / (j + {k} + 2); if (s > {k}) s -= a[j]; }}
+    for (int j = 0; j < n; j++) {{
+        s += a[j] * {k}.5 - a[j] / (j + {k} + 2);
+        if (s > {k}) s -= a[j];
+    }}
     for (int j = n - 1; j > 0; j--) a[j] = a[j - 1] * s + {k};
     return s;
 }}
@@ -227,7 +230,7 @@ def test_a_compile_error_reads_as_setuptools_own(tmp_path: Path) -> None:
 
 def test_without_a_pool_the_build_makes_one_of_the_usable_cpus(tmp_path: Path) -> None:
     root = tmp_path / "project"
-    write_project(root)
+    write_project(root, functions=4)
     proc = run_captured(
         [sys.executable, "setup.py", "build_ext", "--inplace"],
         root,
@@ -238,3 +241,11 @@ def test_without_a_pool_the_build_makes_one_of_the_usable_cpus(tmp_path: Path) -
     log = spans.read_spans(tmp_path / "spans.log")
     compiles = [s for s in log if s.name.startswith("compile-")]
     assert spans.peak_overlap(compiles) == len(os.sched_getaffinity(0))
+    # --force compiles everything again, as setuptools does (up-to-date objects otherwise
+    # stay, see tests/test_setuptools_build_ext.py).
+    (tmp_path / "spans.log").unlink()
+    argv = [sys.executable, "setup.py", "build_ext", "--inplace", "--force"]
+    proc = run_captured(argv, root, TIMEOUT, env=build_environ(tmp_path))
+    assert proc.returncode == 0, describe(proc)
+    log = spans.read_spans(tmp_path / "spans.log")
+    assert len([s for s in log if s.name.startswith("compile-")]) == HELPERS + 1

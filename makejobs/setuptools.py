@@ -20,8 +20,8 @@ What stays as in setuptools: which extensions are rebuilt (an extension whose
 file is newer than its sources and ``depends`` is skipped), the commands run
 and their log lines, ``optional`` extensions (a failure is a warning), and the
 errors: the first failure stops new jobs from starting, the running ones
-finish, and the failure is raised as setuptools raises it (``error: command
-'/usr/bin/gcc' failed with exit code 1``). What changes:
+finish, and setuptools' own exception is raised, so the message is the one setuptools
+prints for a failed command. What changes:
 
 * An object file newer than its source and the extension's ``depends`` is
   not compiled again (setuptools recompiles every file of an extension it

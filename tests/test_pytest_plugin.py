@@ -1,7 +1,7 @@
 """The pytest plugin's cheap guarantees: how it is registered, that importing makejobs
 does not load it, and that a serial run takes no token.
 
-What needs xdist workers (slots lent to them, -n auto sizing, killed workers, ^C) runs
+What needs xdist (slots lent to workers, -n auto sizing, -n 0, killed workers, ^C) runs
 once, against real make, in integration/test_pytest_plugin_peers.py.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import distribution
 from pathlib import Path
 
 from makejobs.pool import TokenPool
@@ -21,8 +21,8 @@ INNER = ["-p", "no:cacheprovider", "-p", "xdist", "-p", "makejobs"]
 
 
 def test_installing_makejobs_registers_the_plugin() -> None:
-    (entry,) = [e for e in entry_points(group="pytest11") if e.name == "makejobs"]
-    assert entry.value == "makejobs.pytest_plugin"
+    plugins = [e for e in distribution("makejobs").entry_points if e.group == "pytest11"]
+    assert [(e.name, e.value) for e in plugins] == [("makejobs", "makejobs.pytest_plugin")]
 
 
 def test_importing_makejobs_imports_neither_pytest_nor_xdist() -> None:
@@ -60,15 +60,14 @@ def test_a_serial_run_under_a_pool_takes_no_token(tmp_path: Path) -> None:
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
     with TokenPool.create(3, style="fifo") as pool:
-        for extra in ([], ["-n", "0"]):  # no xdist at all, and xdist told not to distribute
-            proc = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", *INNER, *extra],
-                cwd=tmp_path,
-                env={**pool.environ(), "SLOTS": "3", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            assert "1 passed" in proc.stdout
-            assert pool.available() == 2
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", *INNER],
+            cwd=tmp_path,
+            env={**pool.environ(), "SLOTS": "3", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 passed" in proc.stdout
+        assert pool.available() == 2
