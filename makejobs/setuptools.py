@@ -84,6 +84,7 @@ class build_ext(_setuptools_build_ext):  # type: ignore[misc]
         self.check_extensions_list(self.extensions)
         build = _ParallelBuild(self)
         try:
+            build.defer_compilers()
             for ext in self.extensions:
                 build.extension(ext)
             build.finish()
@@ -127,11 +128,15 @@ class _ParallelBuild:
         self._jobserver: Jobserver | None = None
         self._pool: TokenPool | None = None
         self._saved: list[tuple[Any, str, Any]] = []
+
+    # -- the compiler's methods, deferred -------------------------------------------------
+
+    def defer_compilers(self) -> None:
+        """Replace the file-producing methods of the command's compilers until close()."""
+        command = self._command
         compilers = [command.compiler, getattr(command, "shlib_compiler", None)]
         for compiler in {id(c): c for c in compilers if c is not None}.values():
             self._defer(compiler)
-
-    # -- the compiler's methods, deferred -------------------------------------------------
 
     def _defer(self, compiler: Any) -> None:
         own = vars(compiler)
