@@ -45,7 +45,7 @@ from typing import Any
 
 from . import _child, _frames, _settle
 from ._worker_handle import Task, WorkerHandle, close_parent_fd, open_parent_pipe
-from .errors import JobserverUnavailable, PoolBroken, SubmissionDied
+from .errors import SubmissionDied
 from .future import describe_exit
 from .pool import Token, TokenPool
 
@@ -623,7 +623,7 @@ class Manager:
             return
         self._finish(task)
         worker.tasks_done += 1
-        if kind == _frames.LAST or (
+        if kind == _frames.DIED or (
             self._max_tasks is not None and worker.tasks_done >= self._max_tasks
         ):
             pass  # it exits by itself; its end-of-file cleans up
@@ -698,12 +698,7 @@ class Manager:
             task.token = None
 
     def _release(self, token: Token) -> None:
-        try:
-            self._pool.release(token)
-        except PoolBroken as e:
-            import warnings
-
-            warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
+        self._pool.release(token, warn_if_broken=True)
 
     def _retire(self, worker: WorkerHandle) -> None:
         """Ask an idle worker to exit by closing its task pipe."""
