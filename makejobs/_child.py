@@ -301,13 +301,16 @@ def run(
     return code
 
 
-def _finish_own_jobs() -> None:
-    """Wait for the jobs this job submitted and left running (see run())."""
-    from ._engine import live_engines
+#: Called before a job that used a pool returns its forgotten tokens: the engine
+#: (makejobs._engine, which imports this module) waits there for the jobs this
+#: job submitted and left running, whose tokens are theirs until they end.
+before_job_exit: list[Callable[[], None]] = []
 
-    for engine in live_engines():
+
+def _finish_own_jobs() -> None:
+    for hook in before_job_exit:
         with contextlib.suppress(Exception):
-            engine.wait_all()
+            hook()
 
 
 #: In a spawned job: the submitting process's life pipe end, kept open until exit.

@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from . import _forks, _posix
+from . import _child, _forks, _posix
 from .errors import CallbackRaised
 from .future import DONE, Future
 from .pool import Token, TokenPool
@@ -59,6 +59,15 @@ def live_engines() -> list[Engine]:
         for engine in list(_engines)
         if engine._generation == generation and (engine.running or engine.finishing)
     ]
+
+
+def _wait_for_every_job() -> None:
+    for engine in live_engines():
+        engine.wait_all()
+
+
+# A job that submitted jobs of its own waits for them before it exits.
+_child.before_job_exit.append(_wait_for_every_job)
 
 
 def running_jobs() -> int:

@@ -1,7 +1,11 @@
 """The executor's manager: its state, and the one thread that hands out tasks.
 
 Everything :class:`~makejobs.JobserverExecutor` does happens here; the public
-class only checks its arguments and forwards. The design, and why:
+class only checks its arguments and forwards. Why this module is long: it is
+one state machine, the manager thread's, whose every transition shares the
+same few structures; the parts that stand alone (the worker's side, frames,
+settling futures, the fork server, a worker's handle) are modules of their own.
+The design, and why:
 
 * **Tokens follow tasks, not workers.** A task is handed to a worker only once
   a token is held for it (this process's implicit slot first), and the token

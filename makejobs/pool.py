@@ -25,6 +25,11 @@ escrow, never lost and never given back twice, and this process's guardian
 (see :mod:`makejobs.guardian`) gives back what is left in escrows if the
 process is killed.
 
+Why this module is long: it is the public face of the pool, and most of it is
+the contracts of its methods; what a pool is inside lives in
+:mod:`makejobs._core` (one pool as a process holds it), :mod:`makejobs._opening`
+(joining and creating) and :mod:`makejobs.token` (escrows).
+
 Thread safety: every method may be called from any thread. Fork safety: a
 forked child gets its own implicit slot (the token its parent ran it on), no
 held tokens and no ownership. Pickling (spawn/forkserver children, or queues)
@@ -36,16 +41,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from time import monotonic
 
-from . import _advertised, _forks, _posix
+from . import _advertised, _forks, _opening, _posix
 from ._advertised import Advertised
 from ._checks import check_count, check_timeout
-from ._core import Core, forget, identical, live_cores, remove_tree
+from ._core import Core, forget, identical, live_cores
 from ._posix import usable_cpus
 from .errors import Blocked, JobserverUnavailable, PoolBroken, Unavailable
 from .ledger import LEDGER_VARIABLE, Ledger
@@ -97,22 +101,7 @@ def __getattr__(name: str) -> Any:
 #: Where a pool is looked for, in order of preference (see choose_advertised).
 ENVIRON_VARIABLES = _advertised.ORDER
 
-#: The byte a pool we create is filled with; make writes '+' too.
-TOKEN_BYTE = b"+"
-
-_NO_PLUS_HINT = (
-    "the parent make rule probably lacks '+' (or does not mention $(MAKE)), so make"
-    " closed the jobserver fds for this command; add '+' to the recipe line"
-)
-_CLOSED_FDS_HINT = (
-    _NO_PLUS_HINT + ". If the parent is a Python program, it must hand the fds on:"
-    " subprocess closes them unless they are in pass_fds (use TokenPool.run()/popen(),"
-    " or pass_fds=pool.pass_fds)"
-)
-_OWN_FDS_HINT = (
-    _NO_PLUS_HINT + ". To join a pipe this process made itself on purpose, mark both"
-    " ends inheritable first (os.set_inheritable(fd, True))"
-)
+TOKEN_BYTE = _opening.TOKEN_BYTE
 
 
 def join_or_create(
@@ -205,9 +194,8 @@ class TokenPool:
         return self
 
     @classmethod
-    def _new(cls, **fields: Any) -> TokenPool:
-        """A new pool in this process (see Core), or a handle on the one it already holds."""
-        core = Core(**fields)
+    def _new(cls, core: Core) -> TokenPool:
+        """A handle on the pool just opened, or on the one this process already holds."""
         existing = identical(core.identity, core)
         if existing is not None:
             # The same pipe or fifo under other numbers (a pickled handle, say):
@@ -303,7 +291,7 @@ class TokenPool:
         if flags.disabled:
             raise JobserverUnavailable(
                 "make disabled the jobserver for this command (--jobserver-auth=-2,-2): "
-                + _NO_PLUS_HINT,
+                + _opening.NO_PLUS_HINT,
                 variable=variable,
                 kind=Unavailable.DISABLED,
             )
@@ -324,55 +312,7 @@ class TokenPool:
         shared = _shared_handle(auth)
         if shared is not None:
             return shared
-        if isinstance(auth, PipeAuth):
-            try:
-                _posix.check_inherited(auth.read_fd, auth.write_fd)
-                reader, writer, private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
-            except _posix.Unusable as e:
-                hint = {
-                    Unavailable.NOT_INHERITED: _OWN_FDS_HINT,
-                    Unavailable.NOT_OPEN: _CLOSED_FDS_HINT,
-                }.get(e.kind, _NO_PLUS_HINT)
-                raise JobserverUnavailable(
-                    f"cannot use the jobserver pipe {auth.read_fd},{auth.write_fd}: {e}; {hint}",
-                    variable=variable,
-                    kind=e.kind,
-                ) from None
-            # Copies of the inherited numbers, close-on-exec, that we hand to
-            # children: they stay valid even if other code closes the originals.
-            export = (_posix.dup_cloexec(auth.read_fd), _posix.dup_cloexec(auth.write_fd))
-            return cls._new(
-                style="pipe",
-                reader=reader,
-                writer=writer,
-                auth=PipeAuth(*export),
-                export_fds=export,
-                slots=flags.jobs,
-                owner=False,
-                flags=flags,
-                variable=variable,
-                source_auth=auth,
-                ledger_path=ledger,
-                shared=not private,
-            )
-        try:
-            reader, writer = _posix.open_fifo_ends(auth.path)
-        except _posix.Unusable as e:
-            raise JobserverUnavailable(
-                f"cannot use the jobserver: {e}", variable=variable, kind=e.kind
-            ) from None
-        return cls._new(
-            style="fifo",
-            reader=reader,
-            writer=writer,
-            auth=auth,
-            export_fds=(),
-            slots=flags.jobs,
-            owner=False,
-            flags=flags,
-            variable=variable,
-            ledger_path=ledger,
-        )
+        return cls._new(_opening.join(auth, flags, variable, ledger))
 
     @classmethod
     def create(
@@ -398,9 +338,9 @@ class TokenPool:
         """
         check_count(slots, "slots", 1)
         if style == "pipe":
-            pool = cls._create_pipe(slots)
+            pool = cls._new(_opening.create_pipe(slots))
         elif style == "fifo":
-            pool = cls._create_fifo(slots, dir)
+            pool = cls._new(_opening.create_fifo(slots, dir))
         else:
             raise ValueError(f"style must be 'pipe' or 'fifo', not {style!r}")
         if ledger:
@@ -412,62 +352,6 @@ class TokenPool:
                 raise
             core.books.path = core.books.ledger.path
         return pool
-
-    @classmethod
-    def _create_pipe(cls, slots: int) -> TokenPool:
-        r, w = os.pipe()  # non-inheritable (PEP 446): children get them via pass_fds
-        try:
-            reader, writer, _private = _posix.open_pipe_ends(r, w)
-        except BaseException:
-            _posix.close_quietly(r, w)
-            raise
-        try:
-            # Our writer is a private description on Linux; elsewhere it is the
-            # shared one, and no child exists yet, so non-blocking is harmless.
-            os.set_blocking(writer, False)
-            os.set_blocking(reader, False)
-            _posix.fill(writer, slots - 1, TOKEN_BYTE)
-        except BaseException:
-            _posix.close_quietly(r, w, reader, writer)
-            raise
-        return cls._new(
-            style="pipe",
-            reader=reader,
-            writer=writer,
-            auth=PipeAuth(r, w),
-            export_fds=(r, w),
-            slots=slots,
-            owner=True,
-        )
-
-    @classmethod
-    def _create_fifo(cls, slots: int, dir: str | None) -> TokenPool:
-        import tempfile  # here: only fifo pools need it
-
-        fifo_dir = tempfile.mkdtemp(prefix="makejobs-", dir=dir or _fifo_parent())
-        path = os.path.join(fifo_dir, "fifo")
-        try:
-            os.mkfifo(path, 0o600)
-            reader, writer = _posix.open_new_fifo_ends(path)
-        except BaseException:
-            remove_tree(fifo_dir)
-            raise
-        try:
-            _posix.fill(writer, slots - 1, TOKEN_BYTE)
-        except BaseException:
-            _posix.close_quietly(reader, writer)
-            remove_tree(fifo_dir)
-            raise
-        return cls._new(
-            style="fifo",
-            reader=reader,
-            writer=writer,
-            auth=FifoAuth(path),
-            export_fds=(),
-            slots=slots,
-            owner=True,
-            fifo_dir=fifo_dir,
-        )
 
     # -- tokens -------------------------------------------------------------------
 
@@ -871,57 +755,11 @@ def _rebuild_pipe(read: Any, write: Any, state: dict[str, Any]) -> TokenPool:
     r, w = read.detach(), write.detach()
     os.set_inheritable(r, False)
     os.set_inheritable(w, False)
-    records = _detach_records(state)
-    try:
-        reader, writer, private = _posix.open_pipe_ends(r, w)
-    except _posix.Unusable as e:
-        _posix.close_quietly(r, w, *records)
-        raise JobserverUnavailable(
-            f"cannot use the pickled jobserver pipe: {e}", kind=e.kind
-        ) from None
-    return TokenPool._new(
-        style="pipe",
-        reader=reader,
-        writer=writer,
-        auth=PipeAuth(r, w),
-        export_fds=(r, w),
-        slots=state["slots"],
-        owner=False,
-        flags=state["flags"],
-        variable=state["variable"],
-        ledger_path=state["ledger"],
-        inherited_records=records,
-        shared=not private,
-    )
+    return TokenPool._new(_opening.rebuild(PipeAuth(r, w), state))
 
 
 def _rebuild_fifo(path: str, state: dict[str, Any]) -> TokenPool:
-    records = _detach_records(state)
-    try:
-        reader, writer = _posix.open_fifo_ends(path)
-    except _posix.Unusable as e:
-        _posix.close_quietly(*records)
-        raise JobserverUnavailable(f"cannot use the jobserver: {e}", kind=e.kind) from None
-    return TokenPool._new(
-        style="fifo",
-        reader=reader,
-        writer=writer,
-        auth=FifoAuth(path),
-        export_fds=(),
-        slots=state["slots"],
-        owner=False,
-        flags=state["flags"],
-        variable=state["variable"],
-        ledger_path=state["ledger"],
-        inherited_records=records,
-    )
-
-
-def _detach_records(state: dict[str, Any]) -> tuple[int, ...]:
-    records = tuple(int(dup.detach()) for dup in state["records"])
-    for fd in records:
-        os.set_inheritable(fd, False)
-    return records
+    return TokenPool._new(_opening.rebuild(FifoAuth(path), state))
 
 
 def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
@@ -934,7 +772,7 @@ def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
     slot. A fifo path is matched by what it opens too: ``/proc/PID/fd/N``, the
     by-path form of a pipe pool (see makejobs.advertise), names that pipe.
     """
-    same = _identity(auth.path) if isinstance(auth, FifoAuth) else None
+    same = _opening.identity_of(auth.path) if isinstance(auth, FifoAuth) else None
     for core in live_cores():
         if core.closed:
             continue
@@ -943,24 +781,3 @@ def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
             with contextlib.suppress(ValueError):
                 return TokenPool._attach(core)
     return None
-
-
-def _identity(file: str | int) -> tuple[int, int] | None:
-    """(device, inode) of the fifo or pipe at a path or fd; None if it is not one."""
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if stat.S_ISFIFO(st.st_mode) else None
-
-
-def _fifo_parent() -> str:
-    """The directory for a new fifo: the temporary directory, unless its path
-    has blanks or backslashes, which cargo and ninja cannot parse (they split
-    MAKEFLAGS on spaces without honouring make's escapes)."""
-    import tempfile
-
-    tmp = tempfile.gettempdir()
-    if any(c in tmp for c in " \t\\") and os.access("/tmp", os.W_OK):
-        return "/tmp"
-    return tmp
