@@ -30,11 +30,12 @@ if TYPE_CHECKING:
         RemoteTraceback,
         SubmissionDied,
         TokenCountWarning,
+        Unavailable,
     )
     from .executor import JobserverExecutor
     from .future import Future
-    from .jobserver import Jobserver, usable_cpus
-    from .pool import Token, TokenPool
+    from .jobserver import Jobserver
+    from .pool import Token, TokenPool, usable_cpus
     from .protocol import FifoAuth, MakeFlags, PipeAuth, format_makeflags, parse_makeflags
 
 # Names are imported on first use (PEP 562): a spawned job that needs only the
@@ -49,10 +50,11 @@ _WHERE = {
     "RemoteTraceback": "errors",
     "SubmissionDied": "errors",
     "TokenCountWarning": "errors",
+    "Unavailable": "errors",
     "JobserverExecutor": "executor",
     "Future": "future",
     "Jobserver": "jobserver",
-    "usable_cpus": "jobserver",
+    "usable_cpus": "pool",
     "Token": "pool",
     "TokenPool": "pool",
     "FifoAuth": "protocol",
@@ -95,6 +97,7 @@ __all__ = [
     "Token",
     "TokenCountWarning",
     "TokenPool",
+    "Unavailable",
     "__version__",
     "format_makeflags",
     "parse_makeflags",

@@ -134,6 +134,7 @@ def choose(
         error = JobserverUnavailable(
             f"{first.reason} (the other advertised pools cannot be used either: {others})",
             variable=variable,
+            kind=first.kind,
         )
     return None, Advertised(variable, flags, False, reason, rejected, error)
 

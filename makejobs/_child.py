@@ -28,8 +28,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import _posix
-from . import pool as _pool
+from . import _core, _forks, _outcomes, _posix
 from .errors import RemoteTraceback
 from .pool import TokenPool
 
@@ -57,22 +56,18 @@ _MARSHAL_VERSION = 2  # no back-references: no hash table to build
 #: Exact types whose values marshal round-trips exactly (no subclasses: an
 #: IntEnum or a str subclass must come back as itself, which only pickle does).
 _MARSHALLED = frozenset({int, float, complex, str, bytes, bool, type(None)})
-OK = "ok"
-RAISED = "raised"
-#: The function ended the process on purpose (SystemExit, KeyboardInterrupt).
-DIED = "died"
-#: No whole frame came: the process died before it could say anything.
-LOST = "lost"
+# How the job ended: the one vocabulary of makejobs._outcomes.
+OK, RAISED, DIED, LOST = _outcomes.OK, _outcomes.RAISED, _outcomes.DIED, _outcomes.LOST
 
 Env = tuple[tuple[str, "str | None"], ...]
 
 
-def _encode(kind: str, payload: Any) -> bytes:
+def _encode(kind: int, payload: Any) -> bytes:
     body = _dumps((kind, payload), _PROTOCOL)
     return HEADER.pack(len(body)) + body
 
 
-def _describe_unpicklable(what: str, value: object, error: BaseException) -> tuple[str, Any]:
+def _describe_unpicklable(what: str, value: object, error: BaseException) -> tuple[int, Any]:
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return RAISED, (
         RuntimeError(f"{what} of type {type(value).__qualname__} cannot be pickled: {error}"),
@@ -108,7 +103,7 @@ def _died(e: BaseException) -> tuple[str, int]:
     return text, code
 
 
-def _frame(kind: str, payload: Any) -> bytes:
+def _frame(kind: int, payload: Any) -> bytes:
     try:
         return _encode(kind, payload)
     except Exception as e:
@@ -247,7 +242,7 @@ def run(
     the pool's exports go straight into ``os.environ``'s dict and ``putenv``
     (what ``os.environ[name] = text`` does, without its encoding calls), plain
     results are marshalled, nothing is imported, and the pools are left alone
-    unless this process used one (see :func:`makejobs.pool.return_held_everywhere`).
+    unless this process used one (see :func:`makejobs._core.return_held_everywhere`).
 
     With automatic garbage collection on, everything inherited is frozen out
     of the collector's reach first (:func:`gc.freeze`, a few list splices): a
@@ -289,13 +284,13 @@ def run(
         kind, payload = DIED, _died(e)
     # Tokens the job took and forgot are returned, not lost for the whole build;
     # those of jobs it started and left running are theirs until they end.
-    if _pool._touched_generation == _pool.fork_generation:
+    if _forks.touched_here():
         _finish_own_jobs()
-        _pool.return_held_everywhere("a job ended")
+        _core.return_held_everywhere("a job ended")
     # A job that ended its process on purpose exits as it asked, after saying why.
-    code: int = payload[1] if kind is DIED else 0
+    code: int = payload[1] if kind == DIED else 0
     try:
-        if kind is OK and type(payload) in _MARSHALLED:
+        if kind == OK and type(payload) in _MARSHALLED:
             body = _MARSHAL_TAG + marshal.dumps(payload, _MARSHAL_VERSION)
         else:
             body = _dumps((kind, payload), _PROTOCOL)
@@ -306,13 +301,16 @@ def run(
     return code
 
 
-def _finish_own_jobs() -> None:
-    """Wait for the jobs this job submitted and left running (see run())."""
-    from ._engine import live_engines
+#: Called before a job that used a pool returns its forgotten tokens: the engine
+#: (makejobs._engine, which imports this module) waits there for the jobs this
+#: job submitted and left running, whose tokens are theirs until they end.
+before_job_exit: list[Callable[[], None]] = []
 
-    for engine in live_engines():
+
+def _finish_own_jobs() -> None:
+    for hook in before_job_exit:
         with contextlib.suppress(Exception):
-            engine.wait_all()
+            hook()
 
 
 #: In a spawned job: the submitting process's life pipe end, kept open until exit.
@@ -400,7 +398,7 @@ def frame_complete(data: bytes | bytearray) -> bool:
     return len(data) >= size and HEADER.unpack_from(data)[0] == len(data) - size
 
 
-def decode_frame(data: bytes | bytearray) -> tuple[str, Any]:
+def decode_frame(data: bytes | bytearray) -> tuple[int, Any]:
     """The ``(kind, payload)`` of everything the job wrote to its result fd.
 
     A missing or short frame (the process died first) is ``(LOST, None)``. A

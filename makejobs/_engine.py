@@ -17,7 +17,7 @@ exactly once (a released token gives back nothing, see
 
 After fork the child starts with an empty engine: its parent's jobs are not
 its to reap. Like a pool's, an engine's state is rebuilt when the child first
-uses it (see :data:`makejobs.pool.fork_generation`), not in an at-fork hook,
+uses it (see :mod:`makejobs._forks`), not in an at-fork hook,
 so forked jobs that never submit jobs of their own pay nothing for it.
 """
 
@@ -26,14 +26,12 @@ from __future__ import annotations
 import os
 import select
 import threading
-import warnings
 import weakref
 from collections import deque
 from typing import Any
 
-from . import _posix
-from . import pool as _pool
-from .errors import CallbackRaised, JobserverUnavailable, PoolBroken
+from . import _child, _forks, _posix
+from .errors import CallbackRaised
 from .future import DONE, Future
 from .pool import Token, TokenPool
 
@@ -55,12 +53,21 @@ def live_engines() -> list[Engine]:
     An engine inherited through fork and never used since has no jobs of
     this process (its futures are the parent's), whatever it still lists.
     """
-    generation = _pool.fork_generation
+    generation = _forks.generation
     return [
         engine
         for engine in list(_engines)
         if engine._generation == generation and (engine.running or engine.finishing)
     ]
+
+
+def _wait_for_every_job() -> None:
+    for engine in live_engines():
+        engine.wait_all()
+
+
+# A job that submitted jobs of its own waits for them before it exits.
+_child.before_job_exit.append(_wait_for_every_job)
 
 
 def running_jobs() -> int:
@@ -124,11 +131,11 @@ class Engine:
         self.due = deque()
         self.waiters = set()
         self.local = threading.local()
-        self._generation = _pool.fork_generation  # last: tested without the lock
+        self._generation = _forks.generation  # last: tested without the lock
 
     def own(self) -> None:
         """Make sure the state is this process's, not an ancestor's (see the module doc)."""
-        if self._generation != _pool.fork_generation:
+        if self._generation != _forks.generation:
             self._reset_after_fork()
 
     def close(self) -> None:
@@ -145,8 +152,8 @@ class Engine:
             wake.close()
 
     def _reset_after_fork(self) -> None:
-        with _pool._fork_lock:
-            if self._generation == _pool.fork_generation:
+        with _forks.lock:
+            if self._generation == _forks.generation:
                 return  # another thread of this process got here first
             # The parent's jobs are not ours to reap; their pipes are not ours to read.
             for future in [*self.running, *self.finishing]:
@@ -157,7 +164,7 @@ class Engine:
 
     def add(self, future: Future[Any]) -> None:
         """Register a started job: from here on its tokens are the future's."""
-        if self._generation != _pool.fork_generation:
+        if self._generation != _forks.generation:
             self._reset_after_fork()
         self.running[future] = None
         if self.waiters:
@@ -216,9 +223,7 @@ class Engine:
             if token.released:
                 continue
             try:
-                pool.release(token)
-            except PoolBroken as e:
-                warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
+                pool.release(token, warn_if_broken=True)
             except ValueError:
                 # Another thread finishing the same job was first (a token is
                 # given back once, whoever tries), or the pool was closed under
@@ -241,10 +246,7 @@ class Engine:
             self._wake_others()
 
     def release(self, token: Token) -> None:
-        try:
-            self.pool.release(token)
-        except PoolBroken as e:
-            warnings.warn(str(e), JobserverUnavailable, stacklevel=3)
+        self.pool.release(token, warn_if_broken=True)
 
     def _finish_interrupted(self) -> None:
         """Carry on finishing jobs whose completion an exception interrupted."""
@@ -253,7 +255,7 @@ class Engine:
 
     def reclaim(self) -> None:
         """Complete every job that has finished, without blocking."""
-        if self._generation != _pool.fork_generation:
+        if self._generation != _forks.generation:
             self._reset_after_fork()
         if self.finishing:
             self._finish_interrupted()
@@ -262,7 +264,7 @@ class Engine:
 
     def settle(self) -> None:
         """:meth:`reclaim`, then :meth:`run_callbacks` (what every call does first)."""
-        if self._generation != _pool.fork_generation:
+        if self._generation != _forks.generation:
             self._reset_after_fork()
         if self.finishing:
             self._finish_interrupted()
@@ -277,7 +279,7 @@ class Engine:
 
         Returns True if the pool fd was reported readable.
         """
-        if self._generation != _pool.fork_generation:
+        if self._generation != _forks.generation:
             self._reset_after_fork()
         if self.finishing:
             self._finish_interrupted()

@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import struct
 
+from . import _outcomes
+
 __all__ = [
+    "DIED",
     "HEADER",
     "INIT_FAILED",
     "KEPT_BUFFER_MAX",
-    "LAST",
     "OK",
     "RAISED",
     "TASK",
@@ -35,11 +37,15 @@ __all__ = [
 HEADER = struct.Struct(">QB")
 #: The kind of every frame the executor sends (a task).
 TASK = 0
-#: Kinds of the frames a worker sends back. The kind travels outside the pickle so that
-#: the manager knows the worker's fate (next task, or it exits) before unpickling.
-OK, RAISED, INIT_FAILED = 0, 1, 2
-#: The task's error, and the worker exits after it (SystemExit, KeyboardInterrupt).
-LAST = 3
+#: Kinds of the frames a worker sends back (makejobs._outcomes). The kind travels
+#: outside the pickle so that the manager knows the worker's fate (next task, or it
+#: exits: DIED) before unpickling.
+OK, RAISED, DIED, INIT_FAILED = (
+    _outcomes.OK,
+    _outcomes.RAISED,
+    _outcomes.DIED,
+    _outcomes.INIT_FAILED,
+)
 
 
 def advance(parts: list[memoryview], sent: int) -> list[memoryview]:

@@ -1,7 +1,11 @@
 """The executor's manager: its state, and the one thread that hands out tasks.
 
 Everything :class:`~makejobs.JobserverExecutor` does happens here; the public
-class only checks its arguments and forwards. The design, and why:
+class only checks its arguments and forwards. Why this module is long: it is
+one state machine, the manager thread's, whose every transition shares the
+same few structures; the parts that stand alone (the worker's side, frames,
+settling futures, the fork server, a worker's handle) are modules of their own.
+The design, and why:
 
 * **Tokens follow tasks, not workers.** A task is handed to a worker only once
   a token is held for it (this process's implicit slot first), and the token
@@ -45,7 +49,7 @@ from typing import Any
 
 from . import _child, _frames, _settle
 from ._worker_handle import Task, WorkerHandle, close_parent_fd, open_parent_pipe
-from .errors import JobserverUnavailable, PoolBroken, SubmissionDied
+from .errors import SubmissionDied
 from .future import describe_exit
 from .pool import Token, TokenPool
 
@@ -623,7 +627,7 @@ class Manager:
             return
         self._finish(task)
         worker.tasks_done += 1
-        if kind == _frames.LAST or (
+        if kind == _frames.DIED or (
             self._max_tasks is not None and worker.tasks_done >= self._max_tasks
         ):
             pass  # it exits by itself; its end-of-file cleans up
@@ -698,12 +702,7 @@ class Manager:
             task.token = None
 
     def _release(self, token: Token) -> None:
-        try:
-            self._pool.release(token)
-        except PoolBroken as e:
-            import warnings
-
-            warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
+        self._pool.release(token, warn_if_broken=True)
 
     def _retire(self, worker: WorkerHandle) -> None:
         """Ask an idle worker to exit by closing its task pipe."""

@@ -31,7 +31,7 @@ import stat
 import sys
 import termios
 
-from .errors import PoolBroken
+from .errors import PoolBroken, Unavailable
 
 TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
 if TYPE_CHECKING:
@@ -76,7 +76,11 @@ _MAX_POLL_MS = 2**31 - 1
 
 
 class Unusable(Exception):
-    """An fd or path cannot serve as a jobserver; ``str()`` says why."""
+    """An fd or path cannot serve as a jobserver; ``str()`` says why, ``kind`` which case."""
+
+    def __init__(self, message: str, kind: Unavailable = Unavailable.INACCESSIBLE) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def describe_mode(mode: int) -> str:
@@ -107,23 +111,32 @@ def _check_fd(fd: int, want_read: bool) -> os.stat_result:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError as e:
         if e.errno == errno.EBADF:
-            raise Unusable(f"the {end} fd {fd} is not open in this process") from None
+            raise Unusable(
+                f"the {end} fd {fd} is not open in this process", Unavailable.NOT_OPEN
+            ) from None
         raise Unusable(f"cannot inspect the {end} fd {fd}: {e.strerror}") from None
     if not stat.S_ISFIFO(st.st_mode):
         raise Unusable(
             f"the {end} fd {fd} is {describe_mode(st.st_mode)}, not a pipe;"
-            " it must never be read as a jobserver"
+            " it must never be read as a jobserver",
+            Unavailable.NOT_A_PIPE,
         )
     mode = flags & os.O_ACCMODE
     allowed = (os.O_RDONLY, os.O_RDWR) if want_read else (os.O_WRONLY, os.O_RDWR)
     if mode not in allowed:
         other = "write-only" if want_read else "read-only"
-        raise Unusable(f"the {end} fd {fd} is open {other}: the two fds look swapped or reused")
+        raise Unusable(
+            f"the {end} fd {fd} is open {other}: the two fds look swapped or reused",
+            Unavailable.WRONG_ACCESS,
+        )
     return st
 
 
 class NotInherited(Unusable):
     """An advertised pipe fd is close-on-exec: it is this process's own, not make's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Unavailable.NOT_INHERITED)
 
 
 def check_inherited(read_fd: int, write_fd: int) -> None:
@@ -181,7 +194,10 @@ def open_pipe_ends(read_fd: int, write_fd: int) -> tuple[int, int, bool]:
     # Both ends of one pipe share an inode on Linux; numbers reused by a shell
     # pipeline (make 4.3 leaves stale numbers in MAKEFLAGS) usually do not.
     if _LINUX and (rst.st_dev, rst.st_ino) != (wst.st_dev, wst.st_ino):
-        raise Unusable(f"fds {read_fd} and {write_fd} are ends of two different pipes")
+        raise Unusable(
+            f"fds {read_fd} and {write_fd} are ends of two different pipes",
+            Unavailable.TWO_PIPES,
+        )
     reader = _reopen(read_fd, os.O_RDONLY | os.O_NONBLOCK)
     if reader is not None:
         writer = _reopen(write_fd, os.O_WRONLY | os.O_NONBLOCK)
@@ -219,14 +235,16 @@ def open_fifo_ends(path: str) -> tuple[int, int]:
         raise Unusable(
             f"the fifo {path!r} does not exist: the make that created it has"
             " probably exited, or this process runs in a sandbox with a private"
-            " /tmp (set MAKE_TMPDIR or TMPDIR to a shared directory)"
+            " /tmp (set MAKE_TMPDIR or TMPDIR to a shared directory)",
+            Unavailable.FIFO_MISSING,
         ) from None
     except OSError as e:
         raise Unusable(f"cannot inspect the fifo {path!r}: {e.strerror}") from None
     if not stat.S_ISFIFO(st.st_mode):
         raise Unusable(
             f"{path!r} is {describe_mode(st.st_mode)}, not a fifo; only a fifo is"
-            " a jobserver pool, so it was not opened"
+            " a jobserver pool, so it was not opened",
+            Unavailable.NOT_A_FIFO,
         )
     writer = _open_fifo_end(path, os.O_WRONLY, st)
     try:
@@ -251,7 +269,8 @@ def _open_fifo_end(path: str, access: int, expected: os.stat_result) -> int:
         if e.errno == errno.ENXIO and access == os.O_WRONLY:
             raise Unusable(
                 f"the fifo {path!r} is stale: no process has it open, so the make"
-                " that created it has exited (or was killed and left it behind)"
+                " that created it has exited (or was killed and left it behind)",
+                Unavailable.FIFO_STALE,
             ) from None
         raise Unusable(f"cannot open the fifo {path!r} for {end}: {e.strerror}") from None
     try:
@@ -267,7 +286,8 @@ def _open_fifo_end(path: str, access: int, expected: os.stat_result) -> int:
         now = "another fifo" if stat.S_ISFIFO(st.st_mode) else describe_mode(st.st_mode)
         raise Unusable(
             f"{path!r} changed while it was being opened: it is {now} now, not the"
-            " fifo that was checked; nothing was read from it or written to it"
+            " fifo that was checked; nothing was read from it or written to it",
+            Unavailable.FIFO_CHANGED,
         )
     return fd
 

@@ -106,7 +106,7 @@ def worker_main(
                 f"the task ended its worker (pid {os.getpid()}) with"
                 f" {type(e).__name__}{detail} instead of returning"
             )
-            _frames.send(results, *result_frame(task_id, _frames.LAST, (died, text)))
+            _frames.send(results, *result_frame(task_id, _frames.DIED, (died, text)))
             return  # the task asked this process to end; a new worker replaces it
         _frames.send(results, *frame)
         done += 1

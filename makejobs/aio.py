@@ -54,6 +54,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from . import _core
+from ._checks import check_timeout
 from .errors import Blocked
 
 if TYPE_CHECKING:
@@ -213,6 +215,9 @@ def _clear_after_fork() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_clear_after_fork)
 
+# The pool tells us when it begins to close (it knows nothing of this module).
+_core.on_close(lambda pool: pool_closing(pool))
+
 
 def _wake_loops(pool: TokenPool) -> None:
     """Make every event loop with coroutines waiting on *pool* look at it again (any thread)."""
@@ -236,15 +241,6 @@ def pool_closing(pool: TokenPool) -> None:
 def _closed_error() -> ValueError:
     # The error TokenPool.try_acquire raises on a closed pool.
     return ValueError("the token pool is closed")
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if timeout != timeout or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number or None, not {timeout!r}")
 
 
 def _expire(fut: asyncio.Future[Token], timeout: float) -> None:
@@ -272,7 +268,7 @@ async def acquire(pool: TokenPool, timeout: float | None = None) -> Token:
         asyncio.CancelledError: the waiting task was cancelled; no token is
             kept (one that arrived at the same moment is given back).
     """
-    _check_timeout(timeout)
+    check_timeout(timeout)
     loop = asyncio.get_running_loop()
     ahead = _existing(pool, loop)
     if ahead is None or not any(not fut.done() for fut in ahead.queue):

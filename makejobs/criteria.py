@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import psutil
 
+from ._checks import check_positive_number
 from ._engine import running_jobs
 
 __all__ = ["Criterion", "all_of", "load_below", "memory_available", "parse_size"]
@@ -83,7 +84,7 @@ def memory_available(at_least: int | float | str, *, retry: float = 0.5) -> Crit
     *retry* seconds.
     """
     need = parse_size(at_least)
-    _check_retry(retry)
+    check_positive_number(retry, "retry")
 
     def criterion() -> float | None:
         return None if psutil.virtual_memory().available >= need else retry
@@ -102,9 +103,8 @@ def load_below(limit: float, *, retry: float = 1.0) -> Criterion:
     without lowering it. "This process" counts the jobs of every Jobserver
     in it; a job that runs a Jobserver of its own counts only its own jobs.
     """
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
-        raise ValueError(f"limit must be a positive number, not {limit!r}")
-    _check_retry(retry)
+    check_positive_number(limit, "limit")
+    check_positive_number(retry, "retry")
 
     def criterion() -> float | None:
         if _load_average() < limit or running_jobs() == 0:
@@ -133,8 +133,3 @@ def _load_average() -> float:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return float(psutil.getloadavg()[0])
-
-
-def _check_retry(retry: float) -> None:
-    if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not retry > 0:
-        raise ValueError(f"retry must be a positive number of seconds, not {retry!r}")

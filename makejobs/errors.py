@@ -7,6 +7,8 @@ importing anything in between.
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
     "Blocked",
     "CallbackRaised",
@@ -16,7 +18,45 @@ __all__ = [
     "RemoteTraceback",
     "SubmissionDied",
     "TokenCountWarning",
+    "Unavailable",
 ]
+
+
+class Unavailable(str, enum.Enum):
+    """Why a pool cannot be used: :attr:`JobserverUnavailable.kind`.
+
+    Branch on these, never on message text (the messages are for people and
+    may change). The values are stable strings, also in ``--json`` output.
+    """
+
+    #: Nothing names a pool (no ``--jobserver-auth``/``--jobserver-fds``).
+    NOT_ADVERTISED = "not-advertised"
+    #: make withheld the pool from this command (``--jobserver-auth=-2,-2``).
+    DISABLED = "disabled"
+    #: Another platform's style (a Windows semaphore name) or an unknown one.
+    UNSUPPORTED = "unsupported"
+    #: An advertised descriptor is not open here (a recipe without ``+``).
+    NOT_OPEN = "not-open"
+    #: An advertised descriptor is open but not a pipe.
+    NOT_A_PIPE = "not-a-pipe"
+    #: An advertised descriptor has the wrong access mode (swapped or reused numbers).
+    WRONG_ACCESS = "wrong-access"
+    #: The two advertised descriptors are ends of two different pipes.
+    TWO_PIPES = "two-pipes"
+    #: An advertised descriptor is close-on-exec: this process's own, not inherited.
+    NOT_INHERITED = "not-inherited"
+    #: The advertised fifo does not exist (its make exited, or a private /tmp).
+    FIFO_MISSING = "fifo-missing"
+    #: The advertised path is not a fifo (a device, a regular file...).
+    NOT_A_FIFO = "not-a-fifo"
+    #: Nobody has the fifo open any more: the make that created it is gone.
+    FIFO_STALE = "fifo-stale"
+    #: The path changed between the check and the open.
+    FIFO_CHANGED = "fifo-changed"
+    #: The descriptor or fifo cannot be inspected or opened (permissions, say).
+    INACCESSIBLE = "inaccessible"
+    #: A pool in use stopped behaving like one (end-of-file, full, no reader).
+    BROKEN = "broken"
 
 
 class JobserverUnavailable(RuntimeError, Warning):
@@ -29,13 +69,21 @@ class JobserverUnavailable(RuntimeError, Warning):
     with :func:`warnings.warn` and then runs one job at a time, as make does.
 
     Attributes:
+        kind: which of the :class:`Unavailable` situations it is.
         variable: the environment variable that advertised the pool, if known.
         reason: the sentence explaining what is wrong and what to do about it.
     """
 
-    def __init__(self, reason: str, *, variable: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        variable: str | None = None,
+        kind: Unavailable = Unavailable.INACCESSIBLE,
+    ) -> None:
         self.reason = reason
         self.variable = variable
+        self.kind = kind
         message = f"{variable}: {reason}" if variable else reason
         super().__init__(message)
 
@@ -45,8 +93,12 @@ class PoolBroken(JobserverUnavailable):
 
     For example a read returned end-of-file (no writer is left, or the fd is
     not a pipe after all), or a write found the pipe full (more tokens than the
-    pool was created with). Never a token, never a silent hang.
+    pool was created with). Never a token, never a silent hang. Its
+    :attr:`kind` is :attr:`Unavailable.BROKEN`.
     """
+
+    def __init__(self, reason: str, *, variable: str | None = None) -> None:
+        super().__init__(reason, variable=variable, kind=Unavailable.BROKEN)
 
 
 class Blocked(TimeoutError):

@@ -29,6 +29,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _child
+from ._checks import check_timeout
 from .errors import Blocked, SubmissionDied
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ class Future(Generic[T]):
         # Done *and* its tokens are back: what when_done() waits for. Set by the
         # engine under _lock once it has released them.
         self._settled = False
-        self._outcome: tuple[str, Any] | None = None
+        self._outcome: tuple[int, Any] | None = None
         self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._next_callback = 0
         self._lock = _RLock()
@@ -290,7 +291,7 @@ class Future(Generic[T]):
             while self._state is not DONE:
                 engine.progress(None)
         else:
-            _check_timeout(timeout)
+            check_timeout(timeout)
             deadline = monotonic() + timeout
             while self._state is not DONE:
                 remaining = deadline - monotonic()
@@ -575,12 +576,3 @@ def _submission_died(process: _Process | _MultiprocessingProcess, payload: Any) 
         exitcode=process.exitcode,
     )
     return _child.attach_traceback(error, text)  # type: ignore[return-value]
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if timeout != timeout or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number, not {timeout}")

@@ -38,11 +38,11 @@ from time import monotonic
 from typing import Any, TypeVar, Union
 
 from . import _child, _posix, guardian
+from ._checks import check_count, check_timeout
 from ._engine import Engine
-from ._posix import usable_cpus
 from .errors import Blocked, CallbackRaised, JobserverUnavailable, JobStartFailed
-from .future import Future, _check_timeout, _MultiprocessingProcess, _Process
-from .pool import Token, TokenPool
+from .future import Future, _MultiprocessingProcess, _Process
+from .pool import Token, TokenPool, join_or_create, usable_cpus
 
 __all__ = ["EnvLike", "Jobserver", "SleepFn", "default_pool", "usable_cpus"]
 
@@ -128,14 +128,13 @@ def default_pool(slots: int | None = None, *, stacklevel: int = 2) -> TokenPool:
     """
     if slots is not None:
         return TokenPool.create(slots)
-    try:
-        joined = TokenPool.from_environ()
-    except JobserverUnavailable as e:
+
+    def warn(e: JobserverUnavailable, count: int) -> None:
         warnings.warn(
-            f"{e}; running one job at a time", JobserverUnavailable, stacklevel=stacklevel + 1
+            f"{e}; running one job at a time", JobserverUnavailable, stacklevel=stacklevel + 3
         )
-        return TokenPool.create(1)
-    return joined if joined is not None else TokenPool.create(usable_cpus())
+
+    return join_or_create(report=warn)[0]
 
 
 class Jobserver:
@@ -254,8 +253,7 @@ class Jobserver:
             kwargs = dict(kwargs)
         else:
             raise TypeError(f"kwargs must be a mapping, not {type(kwargs).__name__}")
-        if isinstance(consume, bool) or not isinstance(consume, int) or consume < 0:
-            raise ValueError(f"consume must be a non-negative int, not {consume!r}")
+        check_count(consume, "consume", 0)
         slots = self._pool.slots
         if slots is not None and consume > slots:
             raise ValueError(
@@ -263,7 +261,7 @@ class Jobserver:
                 " the job could never start"
             )
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         if self._closed:
             raise RuntimeError("the Jobserver is closed")
         job_env = self._env if env is None else self._env + _normalize_env(env)
@@ -586,13 +584,12 @@ class Jobserver:
         measured from this call: past it the iterator raises Blocked. The first
         exception raised by a call is re-raised at its position.
         """
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
+        check_count(chunksize, "chunksize", 1)
         if argses is None and kwargses is None:
             raise TypeError("map needs argses, kwargses or both")
         if isinstance(argses, Mapping) or isinstance(kwargses, Mapping):
             raise TypeError("argses and kwargses must be iterables of calls, not a mapping")
-        _check_timeout(timeout)
+        check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
         calls = _zip_calls(argses, kwargses)
         options = dict(consume=consume, env=env, preexec_fn=preexec_fn, sleep_fn=sleep_fn)

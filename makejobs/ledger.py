@@ -49,6 +49,7 @@ from collections.abc import Callable
 __all__ = [
     "LEDGER_PREFIX",
     "LEDGER_VARIABLE",
+    "Books",
     "Ledger",
     "Record",
     "find_stale_ledgers",
@@ -194,6 +195,64 @@ class Record:
             except OSError:
                 pass
             self.fd = -1
+
+
+class Books:
+    """One process's side of one pool's ledger: its record, and its ancestors' records.
+
+    The pool counts every token it takes from the pool with :meth:`took`
+    (after the token is taken) and every one it gives back with
+    :meth:`giving_back` (before it is given back); the record is opened the
+    first time. ``on_open`` is told of a record as it is opened (the guardian
+    keeps a copy of it: see :mod:`makejobs.guardian`). A forked child keeps
+    its parent's record open as an inherited one (:meth:`after_fork`): its
+    lock says that a process running on the parent's tokens is alive.
+    """
+
+    def __init__(self, path: str | None, inherited: tuple[int, ...] = ()) -> None:
+        #: The creator's ledger (set when the pool is created with one).
+        self.ledger: Ledger | None = None
+        #: The ledger directory this pool's clients record into, if any.
+        self.path = path
+        self.record: Record | None = None
+        self.inherited = list(inherited)
+
+    def took(self, reader: int, on_open: Callable[[Record], None]) -> None:
+        record = self.record
+        if record is None and self.path is not None:
+            record = self.record = Record.open(self.path, reader)
+            if record is None:
+                self.path = None  # not this pool's ledger: stop trying
+            else:
+                on_open(record)
+        if record is not None:
+            record.add(1)
+
+    def giving_back(self, count: int) -> None:
+        if self.record is not None and count:
+            self.record.add(-count)
+
+    def fds(self) -> list[int]:
+        """The records a child must inherit (ours, then our ancestors')."""
+        return [*([] if self.record is None else [self.record.fd]), *self.inherited]
+
+    def after_fork(self) -> None:
+        if self.record is not None:
+            self.inherited.append(self.record.fd)
+            self.record = None
+
+    def close(self, owner: bool) -> None:
+        if self.record is not None:
+            self.record.close()
+            self.record = None
+        inherited, self.inherited = self.inherited, []
+        for fd in inherited:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if owner and self.ledger is not None:
+            self.ledger.close()
 
 
 # -- what killed creators leave behind ----------------------------------------------------

@@ -25,6 +25,11 @@ escrow, never lost and never given back twice, and this process's guardian
 (see :mod:`makejobs.guardian`) gives back what is left in escrows if the
 process is killed.
 
+Why this module is long: it is the public face of the pool, and most of it is
+the contracts of its methods; what a pool is inside lives in
+:mod:`makejobs._core` (one pool as a process holds it), :mod:`makejobs._opening`
+(joining and creating) and :mod:`makejobs.token` (escrows).
+
 Thread safety: every method may be called from any thread. Fork safety: a
 forked child gets its own implicit slot (the token its parent ran it on), no
 held tokens and no ownership. Pickling (spawn/forkserver children, or queues)
@@ -34,23 +39,20 @@ process that holds the pool already gives another handle on it.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import stat
-import threading
 import warnings
-import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from functools import partial
 from time import monotonic
 
-from . import _advertised, _posix
+from . import _advertised, _forks, _opening, _posix
 from ._advertised import Advertised
-from ._reader import BlockingSource
-from .errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
-from .ledger import LEDGER_VARIABLE, Ledger, Record
+from ._checks import check_count, check_timeout
+from ._core import Core, forget, identical, live_cores
+from ._posix import usable_cpus
+from .errors import Blocked, JobserverUnavailable, PoolBroken, Unavailable
+from .ledger import LEDGER_VARIABLE, Ledger
 from .protocol import (
     FifoAuth,
     MakeFlags,
@@ -59,7 +61,7 @@ from .protocol import (
     parse_makeflags,
     replace_auth,
 )
-from .token import Escrow, ImplicitSlot, Slot, Token
+from .token import Slot, Token
 
 # Not typing.TYPE_CHECKING, and no typing at run time (see makejobs/__init__.py):
 # every makejobs command and job imports this module.
@@ -70,7 +72,16 @@ if TYPE_CHECKING:
 
     from .process import JobPopen
 
-__all__ = ["ENVIRON_VARIABLES", "Advertised", "Style", "Token", "TokenPool", "choose_advertised"]
+__all__ = [
+    "ENVIRON_VARIABLES",
+    "Advertised",
+    "Style",
+    "Token",
+    "TokenPool",
+    "choose_advertised",
+    "join_or_create",
+    "usable_cpus",
+]
 
 if TYPE_CHECKING:
     #: How a pool is shared: an anonymous pipe or a named fifo.
@@ -90,22 +101,38 @@ def __getattr__(name: str) -> Any:
 #: Where a pool is looked for, in order of preference (see choose_advertised).
 ENVIRON_VARIABLES = _advertised.ORDER
 
-#: The byte a pool we create is filled with; make writes '+' too.
-TOKEN_BYTE = b"+"
+TOKEN_BYTE = _opening.TOKEN_BYTE
 
-_NO_PLUS_HINT = (
-    "the parent make rule probably lacks '+' (or does not mention $(MAKE)), so make"
-    " closed the jobserver fds for this command; add '+' to the recipe line"
-)
-_CLOSED_FDS_HINT = (
-    _NO_PLUS_HINT + ". If the parent is a Python program, it must hand the fds on:"
-    " subprocess closes them unless they are in pass_fds (use TokenPool.run()/popen(),"
-    " or pass_fds=pool.pass_fds)"
-)
-_OWN_FDS_HINT = (
-    _NO_PLUS_HINT + ". To join a pipe this process made itself on purpose, mark both"
-    " ends inheritable first (os.set_inheritable(fd, True))"
-)
+
+def join_or_create(
+    fallback: int | None = None,
+    *,
+    unusable: int = 1,
+    report: Callable[[JobserverUnavailable, int], None] | None = None,
+) -> tuple[TokenPool, bool]:
+    """The pool to run work on when none is given: ``(pool, created)``.
+
+    The policy every makejobs front end shares (Jobserver, JobserverExecutor,
+    ``makejobs run``): join the pool the environment advertises; when a pool is
+    advertised but cannot be used, *report* it (default: a
+    :class:`~makejobs.errors.JobserverUnavailable` warning) and create a
+    private pool of *unusable* slots (one: work runs serially, as make does
+    then); when none is advertised, create a private pool of *fallback* slots
+    (default: :func:`usable_cpus`).
+    """
+    try:
+        joined = TokenPool.from_environ()
+    except JobserverUnavailable as e:
+        if report is None:
+            warnings.warn(
+                f"{e}; running {unusable} job(s) at a time", JobserverUnavailable, stacklevel=3
+            )
+        else:
+            report(e, unusable)
+        return TokenPool.create(unusable), True
+    if joined is not None:
+        return joined, False
+    return TokenPool.create(fallback if fallback is not None else usable_cpus()), True
 
 
 def choose_advertised(environ: Mapping[str, str] | None = None) -> Advertised:
@@ -121,430 +148,6 @@ def choose_advertised(environ: Mapping[str, str] | None = None) -> Advertised:
     if pool is not None:
         pool.close()
     return choice
-
-
-# -- fork ------------------------------------------------------------------------------
-#
-# A forked child must not use its parent's per-process state: the implicit
-# slot (the child runs on the token its parent acquired for it, which is its
-# own implicit slot), the held tokens, locks another parent thread may have
-# held at the fork, ownership. That state is not rebuilt at the fork: the only
-# at-fork work is counting the fork, and each pool (and each Jobserver engine)
-# compares the count it was set up under with the current one when it is next
-# used, rebuilding its state then. A forked job that never touches its
-# inherited pools, the common case, thus pays nothing for them: at-fork hooks
-# run in every fork of the process, and eager ones cost every job a few
-# hundred microseconds of copy-on-write page faults per live pool.
-
-#: Forks between the process that started this interpreter and this one.
-fork_generation = 0
-#: The generation in which this process last set up (or rebuilt) a pool's
-#: state: if it is not the current one, this process holds no tokens at all.
-_touched_generation = 0
-# Serializes rebuilding after a fork (threads the child started may race to
-# it); made anew in each child, since a parent thread may hold it at the fork.
-_fork_lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global fork_generation, _fork_lock
-    fork_generation += 1
-    _fork_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _note_touched() -> None:
-    """A pool's state was set up in this process: it may come to hold tokens."""
-    global _touched_generation
-    _touched_generation = fork_generation
-
-
-def return_held_everywhere(why: str) -> None:
-    """Write back every token this process holds in any pool (a safety net for exits)."""
-    if _touched_generation != fork_generation:
-        return  # no pool was used since the fork: nothing can be held
-    for core in list(_live_cores):
-        if core.generation == fork_generation and not core.closed:
-            with contextlib.suppress(Exception), core.lock:
-                core.settle_orphans()
-                core.return_held(None, why, stacklevel=2)
-
-
-def _return_held_at_exit() -> None:
-    # A program that ends (normally, or by an uncaught KeyboardInterrupt)
-    # while holding tokens outside a with block must not take them along.
-    return_held_everywhere("the interpreter is exiting")
-
-
-atexit.register(_return_held_at_exit)
-
-
-class _Core:
-    """One pool as this process holds it, shared by every :class:`TokenPool` handle on it.
-
-    The descriptors, the identity (device and inode of the pipe or fifo), the
-    ledger, and the per-process state: the implicit slot, the escrows
-    (see :mod:`makejobs.token`) in use and free for reuse, and who took each.
-    The per-process state belongs to the fork generation it was set up in
-    (see :data:`fork_generation`): call :meth:`own` before using it.
-    """
-
-    # Set once, when the pool is joined or created.
-    style: Style
-    auth: PipeAuth | FifoAuth
-    source_auth: PipeAuth | FifoAuth
-    identity: tuple[int, int]
-    slots: int | None
-    flags: MakeFlags | None
-    variable: str | None
-    reader: int
-    writer: int
-    export_fds: tuple[int, ...]
-    fifo_dir: str | None
-    ledger: Ledger | None
-    ledger_path: str | None
-    record: Record | None
-    inherited_records: list[int]
-    # Lifetime (under lock).
-    closed: bool
-    close_result: int | None
-    handles: int
-    # Per-process state, valid only in the fork generation it was set up in.
-    generation: int
-    creator: bool
-    lock: threading.Lock
-    relay: BlockingSource | None
-    source: int
-    implicit: ImplicitSlot
-    free_tokens: list[Escrow]
-    free_implicit: list[Escrow]
-    holders: dict[Escrow, tuple[TokenPool, weakref.ref[Token]]]
-    orphans: list[Escrow]
-
-    def __init__(
-        self,
-        *,
-        style: Style,
-        reader: int,
-        writer: int,
-        auth: PipeAuth | FifoAuth,
-        export_fds: tuple[int, ...],
-        slots: int | None,
-        owner: bool,
-        flags: MakeFlags | None = None,
-        variable: str | None = None,
-        fifo_dir: str | None = None,
-        source_auth: PipeAuth | FifoAuth | None = None,
-        ledger_path: str | None = None,
-        inherited_records: tuple[int, ...] = (),
-        shared: bool = False,
-    ) -> None:
-        self.style = style
-        self.auth = auth
-        self.source_auth = auth if source_auth is None else source_auth
-        self.slots = slots
-        self.flags = flags
-        self.variable = variable
-        self.reader = reader
-        self.writer = writer
-        # Our reader is the description make and its other clients share (no
-        # private reopen was possible): see _reader.BlockingSource.
-        self.shared = shared
-        self.export_fds = export_fds
-        self.fifo_dir = fifo_dir
-        self.ledger = None
-        self.ledger_path = ledger_path
-        self.record = None
-        # Records of ancestors, kept open so their locks show we are alive.
-        self.inherited_records = list(inherited_records)
-        self.closed = False
-        self.close_result = None
-        self.handles = 0
-        try:
-            st = os.fstat(reader)
-            self.identity = (st.st_dev, st.st_ino)
-            self._setup(owner)
-        except BaseException:
-            self.closed = True
-            _posix.close_quietly(reader, writer, *export_fds, *inherited_records)
-            raise
-        _live_cores.add(self)
-
-    def _setup(self, creator: bool) -> None:
-        self.creator = creator
-        self.lock = threading.Lock()
-        self.relay = None
-        self.source = self.reader
-        if self.shared and not _posix.ATOMIC_MOVES and os.get_blocking(self.reader):
-            # A read could block: tokens come through a helper thread instead.
-            self.relay = BlockingSource(self.reader, self.writer)
-            self.source = self.relay.r
-            self._register(self.relay.r)
-        self.implicit = ImplicitSlot(self.source)
-        self.free_tokens = []
-        self.free_implicit = []
-        self.holders = {}
-        self.orphans = []
-        _note_touched()
-        self.generation = fork_generation  # last: other threads test it without a lock
-
-    def own(self) -> None:
-        """Make sure the per-process state is this process's (see _after_fork_in_child)."""
-        if self.generation != fork_generation:
-            self._reset_after_fork()
-
-    def _reset_after_fork(self) -> None:
-        """First use in a forked child (or grandchild...): drop the ancestor's state."""
-        with _fork_lock:
-            if self.generation == fork_generation:
-                return  # another thread of this process got here first
-            # The child runs on the token its parent acquired for it: that is
-            # its implicit slot. The parent's escrows and implicit pipe stay
-            # open here (the parent's running jobs may be ours too), untouched:
-            # draining one would give back a slot the parent holds.
-            if self.record is not None:
-                # Our parent's ledger record stays open here: its lock says that
-                # a process running on the parent's tokens is still alive.
-                self.inherited_records.append(self.record.fd)
-                self.record = None
-            self._setup(False)
-
-    @property
-    def owner(self) -> bool:
-        return self.creator and self.generation == fork_generation
-
-    # -- taking and giving back (callers hold self.lock) --------------------------------
-
-    def take(self, handle: TokenPool, implicit: bool) -> Token | None:
-        """Move one slot into a fresh escrow: the implicit one or a pool token."""
-        if implicit:
-            free, source, dest = self.free_implicit, self.implicit.r, self.implicit.w
-        else:
-            free, source, dest = self.free_tokens, self.source, self.writer
-        escrow = free.pop() if free else self._new_escrow(dest, register=not implicit)
-        # The holder exists before the slot moves: whatever interrupts us after
-        # the move, the token is in its escrow, and the escrow is listed with a
-        # reference to the Token that calls back if the Token is dropped held.
-        token = Token(handle, escrow, implicit, self.generation)
-        self.holders[escrow] = (handle, weakref.ref(token, partial(self.dropped, escrow)))
-        try:
-            moved = _posix.move(source, escrow.w, 1)
-        except EOFError:
-            moved = -1
-        if moved <= 0:
-            token._escrow = None
-            del self.holders[escrow]
-            free.append(escrow)
-            if moved < 0:
-                raise _posix.end_of_file(self.reader)
-            return None
-        if implicit:
-            self.implicit.maybe_free = False
-        elif self.ledger_path is not None:
-            self._note_held(1)
-        return token
-
-    def give_back(self, token: Token) -> None:
-        escrow = token._escrow
-        if escrow is None:
-            raise ValueError(f"{token!r} was already released")
-        if token.implicit:
-            self.implicit.maybe_free = True  # before the byte: see ImplicitSlot
-        elif self.record is not None:
-            self.record.add(-escrow.held())  # before the write: a death in between loses
-        try:
-            escrow.give_back()
-        except PoolBroken:
-            # The pool refused the byte: it is dropped, with its escrow.
-            token._escrow = None
-            self.holders.pop(escrow, None)
-            raise
-        # Cleared only after the move, so an interrupted release can be retried
-        # (an empty escrow gives back nothing).
-        token._escrow = None
-        self.holders.pop(escrow, None)
-        (self.free_implicit if token.implicit else self.free_tokens).append(escrow)
-
-    def _new_escrow(self, dest: int, register: bool) -> Escrow:
-        escrow = Escrow(dest)
-        if register:
-            escrow.registered = self._register(escrow.r)
-        return escrow
-
-    def _register(self, holding: int) -> bool:
-        """Tell the guardian that the pipe read through *holding* may hold our tokens."""
-        from . import guardian
-
-        keeper = guardian.current()
-        if keeper is None:
-            return False
-        keeper.add_escrow(self, self.writer, holding)
-        return True
-
-    def dropped(self, escrow: Escrow, ref: object) -> None:
-        """A Token was garbage collected while it held *escrow*: give its slot back.
-
-        Called only for tokens dropped unreleased (a release forgets the
-        reference first), so no Python code runs when a released token goes.
-        """
-        if self.generation != fork_generation or escrow not in self.holders:
-            return  # a token of our parent's, in a forked child; or already done
-        # Garbage collection can run inside a locked section of this very
-        # thread: never wait for the lock here, leave the work to its holder.
-        self.orphans.append(escrow)
-        if not self.lock.acquire(False):
-            return
-        try:
-            if not self.closed:
-                self.settle_orphans()
-        finally:
-            self.lock.release()
-
-    def settle_orphans(self) -> None:
-        """Give back the escrows of tokens dropped while held (the lock is held)."""
-        while self.orphans:
-            escrow = self.orphans.pop()
-            if self.holders.pop(escrow, None) is None:
-                continue
-            if escrow.held():
-                warnings.warn(
-                    "a jobserver token was garbage collected without being released;"
-                    " giving it back",
-                    ResourceWarning,
-                    stacklevel=2,
-                )
-            if escrow.dest == self.writer and self.record is not None:
-                self.record.add(-escrow.held())
-            with contextlib.suppress(PoolBroken):
-                escrow.give_back()
-            if not escrow.held():
-                free = self.free_implicit if escrow.dest == self.implicit.w else self.free_tokens
-                free.append(escrow)
-
-    def held_by(self, handle: TokenPool | None) -> list[Escrow]:
-        """The escrows holding pool tokens taken through *handle* (None: any handle)."""
-        return [
-            escrow
-            for escrow, (holder, _ref) in self.holders.items()
-            if escrow.dest == self.writer and (handle is None or holder is handle)
-        ]
-
-    def return_held(self, handle: TokenPool | None, why: str, stacklevel: int) -> int:
-        """Give back the pool tokens still held through *handle* (lock held)."""
-        escrows = [escrow for escrow in self.held_by(handle) if escrow.held()]
-        if not escrows:
-            return 0
-        count = sum(escrow.held() for escrow in escrows)
-        warnings.warn(
-            f"{why} while holding {count} token(s); returning them",
-            ResourceWarning,
-            stacklevel=stacklevel + 1,
-        )
-        for escrow in escrows:
-            # The Token keeps its (now empty) escrow: releasing it later moves
-            # nothing, and recycles it. While the pool closes it stays listed,
-            # so that it is closed with the rest.
-            if self.record is not None:
-                self.record.add(-escrow.held())
-            with contextlib.suppress(PoolBroken):
-                escrow.give_back()
-            if not self.closed:
-                self.holders.pop(escrow, None)
-        return count
-
-    def _note_held(self, delta: int) -> None:
-        """Count a token in this process's ledger record (opened on first use)."""
-        record = self.record
-        if record is None and self.ledger_path is not None:
-            record = self.record = Record.open(self.ledger_path, self.reader)
-            if record is None:
-                self.ledger_path = None  # not this pool's ledger: stop trying
-            else:
-                from . import guardian
-
-                keeper = guardian.current()
-                if keeper is not None:
-                    keeper.add_record(self, self.writer, record.fd)
-        if record is not None:
-            record.add(delta)
-
-    # -- closing ---------------------------------------------------------------------
-
-    def close(self, stacklevel: int) -> int | None:
-        """Close the pool for this process (the last handle was closed)."""
-        # Coroutines waiting in acquire_async() watch fileno() and would
-        # never learn: make them fail, and take nothing from the tokens
-        # written back next (none wait unless makejobs.aio was imported).
-        import sys
-
-        aio = sys.modules.get("makejobs.aio")
-        with self.lock:
-            if self.closed:
-                return self.close_result
-            # Closed before the held tokens go back, so no thread starting an
-            # acquire now can take one of them from a pool about to vanish.
-            self.closed = True
-        if aio is not None:
-            aio.pool_closing(self.handle_key)
-        with self.lock:
-            self.settle_orphans()
-            self.return_held(None, "closing a token pool", stacklevel + 1)
-            result = None
-            if self.owner and self.slots is not None:
-                result = _posix.drain(self.reader)
-                expected = self.slots - 1
-                if result != expected:
-                    what = "missing" if result < expected else "extra"
-                    warnings.warn(
-                        f"token pool closed with {result} token(s) available, expected"
-                        f" {expected}: {abs(expected - result)} {what}",
-                        TokenCountWarning,
-                        stacklevel=stacklevel + 1,
-                    )
-            self._release_fds()
-            self.close_result = result
-        from . import guardian
-
-        keeper = guardian.current(start=False)
-        if keeper is not None:
-            keeper.forget(self)
-        _live_cores.discard(self)
-        return result
-
-    def _release_fds(self) -> None:
-        escrows = [*self.free_tokens, *self.free_implicit, *self.holders, *self.orphans]
-        self.free_tokens, self.free_implicit, self.holders, self.orphans = [], [], {}, []
-        for escrow in escrows:
-            escrow.close()
-        if self.relay is not None:
-            self.relay.close()
-        _posix.close_quietly(self.reader, self.writer, *self.export_fds)
-        self.implicit.close()
-        if self.record is not None:
-            self.record.close()
-            self.record = None
-        _posix.close_quietly(*self.inherited_records)
-        self.inherited_records = []
-        if self.owner and self.ledger is not None:
-            self.ledger.close()
-        if self.owner and self.fifo_dir is not None:
-            _remove_tree(self.fifo_dir)
-
-    def __del__(self) -> None:
-        # Every handle is gone without close(): let go of the descriptors, but
-        # write nothing (at interpreter exit the atexit hook already did).
-        if not getattr(self, "closed", True) and self.generation == fork_generation:
-            self.closed = True
-            self._release_fds()
-
-    #: The key aio keys its waiters by: any one object per pool (see close()).
-    handle_key: TokenPool
-
-
-_live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
 
 
 class TokenPool:
@@ -568,7 +171,7 @@ class TokenPool:
         variable: the environment variable a joined pool came from, else None.
     """
 
-    _core: _Core
+    _core: Core
     _closed: bool
     _close_result: int | None
 
@@ -576,7 +179,7 @@ class TokenPool:
         raise TypeError("use TokenPool.from_environ() or TokenPool.create()")
 
     @classmethod
-    def _attach(cls, core: _Core) -> TokenPool:
+    def _attach(cls, core: Core) -> TokenPool:
         """A new handle on *core* (counted: each handle's close() undoes one)."""
         self = object.__new__(cls)
         self._core = core
@@ -587,20 +190,17 @@ class TokenPool:
                 raise ValueError("the token pool is closed")
             core.handles += 1
         if core.handles == 1:
-            core.handle_key = self
+            core.first_handle = self
         return self
 
     @classmethod
-    def _new(cls, **fields: Any) -> TokenPool:
-        """A new pool in this process (see _Core), or a handle on the one it already holds."""
-        core = _Core(**fields)
-        existing = _core_with_identity(core.identity, core)
+    def _new(cls, core: Core) -> TokenPool:
+        """A handle on the pool just opened, or on the one this process already holds."""
+        existing = identical(core.identity, core)
         if existing is not None:
             # The same pipe or fifo under other numbers (a pickled handle, say):
             # one pool, one implicit slot per process.
-            core.closed = True
-            core._release_fds()
-            _live_cores.discard(core)
+            forget(core)
             return cls._attach(existing)
         return cls._attach(core)
 
@@ -691,69 +291,28 @@ class TokenPool:
         if flags.disabled:
             raise JobserverUnavailable(
                 "make disabled the jobserver for this command (--jobserver-auth=-2,-2): "
-                + _NO_PLUS_HINT,
+                + _opening.NO_PLUS_HINT,
                 variable=variable,
+                kind=Unavailable.DISABLED,
             )
         if flags.unsupported is not None:
             raise JobserverUnavailable(
                 f"unsupported jobserver style {flags.unsupported!r}: only pipe fds"
                 " ('R,W') and 'fifo:PATH' work on POSIX",
                 variable=variable,
+                kind=Unavailable.UNSUPPORTED,
             )
         auth = flags.auth
         if auth is None:
-            raise JobserverUnavailable("no --jobserver-auth option found", variable=variable)
+            raise JobserverUnavailable(
+                "no --jobserver-auth option found",
+                variable=variable,
+                kind=Unavailable.NOT_ADVERTISED,
+            )
         shared = _shared_handle(auth)
         if shared is not None:
             return shared
-        if isinstance(auth, PipeAuth):
-            try:
-                _posix.check_inherited(auth.read_fd, auth.write_fd)
-                reader, writer, private = _posix.open_pipe_ends(auth.read_fd, auth.write_fd)
-            except _posix.Unusable as e:
-                if isinstance(e, _posix.NotInherited):
-                    hint = _OWN_FDS_HINT
-                else:
-                    hint = _CLOSED_FDS_HINT if "not open" in str(e) else _NO_PLUS_HINT
-                raise JobserverUnavailable(
-                    f"cannot use the jobserver pipe {auth.read_fd},{auth.write_fd}: {e}; {hint}",
-                    variable=variable,
-                ) from None
-            # Copies of the inherited numbers, close-on-exec, that we hand to
-            # children: they stay valid even if other code closes the originals.
-            export = (_posix.dup_cloexec(auth.read_fd), _posix.dup_cloexec(auth.write_fd))
-            return cls._new(
-                style="pipe",
-                reader=reader,
-                writer=writer,
-                auth=PipeAuth(*export),
-                export_fds=export,
-                slots=flags.jobs,
-                owner=False,
-                flags=flags,
-                variable=variable,
-                source_auth=auth,
-                ledger_path=ledger,
-                shared=not private,
-            )
-        try:
-            reader, writer = _posix.open_fifo_ends(auth.path)
-        except _posix.Unusable as e:
-            raise JobserverUnavailable(
-                f"cannot use the jobserver: {e}", variable=variable
-            ) from None
-        return cls._new(
-            style="fifo",
-            reader=reader,
-            writer=writer,
-            auth=auth,
-            export_fds=(),
-            slots=flags.jobs,
-            owner=False,
-            flags=flags,
-            variable=variable,
-            ledger_path=ledger,
-        )
+        return cls._new(_opening.join(auth, flags, variable, ledger))
 
     @classmethod
     def create(
@@ -777,90 +336,31 @@ class TokenPool:
             TypeError, ValueError: bad *slots* or *style*; ValueError also when
                 the pipe cannot hold that many tokens (never a hang).
         """
-        if isinstance(slots, bool) or not isinstance(slots, int):
-            raise TypeError(f"slots must be an int, not {type(slots).__name__}")
-        if slots < 1:
-            raise ValueError(f"slots must be at least 1, not {slots}")
+        check_count(slots, "slots", 1)
         if style == "pipe":
-            pool = cls._create_pipe(slots)
+            pool = cls._new(_opening.create_pipe(slots))
         elif style == "fifo":
-            pool = cls._create_fifo(slots, dir)
+            pool = cls._new(_opening.create_fifo(slots, dir))
         else:
             raise ValueError(f"style must be 'pipe' or 'fifo', not {style!r}")
         if ledger:
             core = pool._core
             try:
-                core.ledger = Ledger.create(core.reader, dir=core.fifo_dir)
+                core.books.ledger = Ledger.create(core.reader, dir=core.fifo_dir)
             except BaseException:
                 pool.close()
                 raise
-            core.ledger_path = core.ledger.path
+            core.books.path = core.books.ledger.path
         return pool
-
-    @classmethod
-    def _create_pipe(cls, slots: int) -> TokenPool:
-        r, w = os.pipe()  # non-inheritable (PEP 446): children get them via pass_fds
-        try:
-            reader, writer, _private = _posix.open_pipe_ends(r, w)
-        except BaseException:
-            _posix.close_quietly(r, w)
-            raise
-        try:
-            # Our writer is a private description on Linux; elsewhere it is the
-            # shared one, and no child exists yet, so non-blocking is harmless.
-            os.set_blocking(writer, False)
-            os.set_blocking(reader, False)
-            _posix.fill(writer, slots - 1, TOKEN_BYTE)
-        except BaseException:
-            _posix.close_quietly(r, w, reader, writer)
-            raise
-        return cls._new(
-            style="pipe",
-            reader=reader,
-            writer=writer,
-            auth=PipeAuth(r, w),
-            export_fds=(r, w),
-            slots=slots,
-            owner=True,
-        )
-
-    @classmethod
-    def _create_fifo(cls, slots: int, dir: str | None) -> TokenPool:
-        import tempfile  # here: only fifo pools need it
-
-        fifo_dir = tempfile.mkdtemp(prefix="makejobs-", dir=dir or _fifo_parent())
-        path = os.path.join(fifo_dir, "fifo")
-        try:
-            os.mkfifo(path, 0o600)
-            reader, writer = _posix.open_new_fifo_ends(path)
-        except BaseException:
-            _remove_tree(fifo_dir)
-            raise
-        try:
-            _posix.fill(writer, slots - 1, TOKEN_BYTE)
-        except BaseException:
-            _posix.close_quietly(reader, writer)
-            _remove_tree(fifo_dir)
-            raise
-        return cls._new(
-            style="fifo",
-            reader=reader,
-            writer=writer,
-            auth=FifoAuth(path),
-            export_fds=(),
-            slots=slots,
-            owner=True,
-            fifo_dir=fifo_dir,
-        )
 
     # -- tokens -------------------------------------------------------------------
 
-    def _live_core(self) -> _Core:
+    def _live_core(self) -> Core:
         """The core, this process's state set up; ValueError once the handle is closed."""
         if self._closed:
             raise ValueError("the token pool is closed")
         core = self._core
-        if core.generation != fork_generation:
+        if core.generation != _forks.generation:
             core._reset_after_fork()
         return core
 
@@ -924,7 +424,7 @@ class TokenPool:
         token = self.try_acquire()
         if token is not None:
             return token
-        _check_timeout(timeout)
+        check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
         core = self._core
         self._want()
@@ -942,8 +442,12 @@ class TokenPool:
         finally:
             self._unwant()
 
-    def release(self, token: Token) -> None:
+    def release(self, token: Token, *, warn_if_broken: bool = False) -> None:
         """Give *token* back: the implicit slot becomes free, any other byte is written back.
+
+        With *warn_if_broken*, a pool that refuses the byte is reported as a
+        :class:`~makejobs.errors.JobserverUnavailable` warning instead of an
+        error (for callers that must go on, such as a job that has finished).
 
         Raises:
             ValueError: the token belongs to another pool or process, or was
@@ -951,11 +455,17 @@ class TokenPool:
                 already given it back).
             PoolBroken: the pool is full or has no reader left (the token is then dropped).
         """
+        if warn_if_broken:
+            try:
+                self.release(token)
+            except PoolBroken as e:
+                warnings.warn(str(e), JobserverUnavailable, stacklevel=2)
+            return
         core = self._core
         pool = token._pool
         if pool is not self and (not isinstance(pool, TokenPool) or pool._core is not core):
             raise ValueError(f"{token!r} does not belong to this pool")
-        if token._generation != fork_generation:
+        if token._generation != _forks.generation:
             raise ValueError(f"{token!r} was acquired by another process (before a fork)")
         with core.lock:
             if core.closed or self._closed:
@@ -1056,10 +566,8 @@ class TokenPool:
         ledger, the records whose locks must outlive us while the child runs."""
         core = self._core
         core.own()
-        if core.record is None and not core.inherited_records:
-            return core.export_fds
-        records = [] if core.record is None else [core.record.fd]
-        return (*core.export_fds, *records, *core.inherited_records)
+        records = core.books.fds()
+        return (*core.export_fds, *records) if records else core.export_fds
 
     def recover(self) -> int:
         """Give back the tokens of ledger records whose holders are all gone.
@@ -1072,11 +580,12 @@ class TokenPool:
             How many tokens were written back.
         """
         core = self._core
-        if core.ledger is None or not core.owner:
+        ledger = core.books.ledger
+        if ledger is None or not core.owner:
             raise ValueError("only the creator of a pool with a ledger can recover tokens")
         if self._closed or core.closed:
             raise ValueError("the token pool is closed")
-        return core.ledger.recover(lambda n: _posix.fill(core.writer, n, TOKEN_BYTE))
+        return ledger.recover(lambda n: _posix.fill(core.writer, n, TOKEN_BYTE))
 
     def makeflags(self) -> str:
         """A fresh ``MAKEFLAGS`` value advertising this pool."""
@@ -1107,7 +616,7 @@ class TokenPool:
 
             return advertise.environ(self, style, command=command, base=base)
         env = dict(os.environ if base is None else base)
-        ledger_path = self._core.ledger_path
+        ledger_path = self._core.books.path
         if ledger_path is not None:
             env[LEDGER_VARIABLE] = ledger_path
         else:
@@ -1183,14 +692,14 @@ class TokenPool:
         # Dropped without close(): its tokens go back when their Tokens are
         # collected; the pool closes (quietly) with its last handle.
         self._closed = True
-        if core.generation == fork_generation:
+        if core.generation == _forks.generation:
             with contextlib.suppress(Exception):
                 with core.lock:
                     core.handles -= 1
                     last = core.handles == 0
                 if last and not core.closed:
                     core.closed = True
-                    core._release_fds()
+                    core.release_fds()
 
     def __repr__(self) -> str:
         core = self._core
@@ -1204,7 +713,7 @@ class TokenPool:
             return f"<TokenPool {role} {core.style} {where} slots={core.slots} closed>"
         free = self.available()
         state = f"free={free}" if free is not None else ""
-        if core.generation == fork_generation:
+        if core.generation == _forks.generation:
             state += f" implicit={'free' if core.implicit.free() else 'out'} held={self.held}"
         return f"<TokenPool {role} {core.style} {where} slots={core.slots} {state.strip()}>"
 
@@ -1229,14 +738,13 @@ class TokenPool:
         core = self._live_core()
         from multiprocessing.reduction import DupFd
 
-        records = [] if core.record is None else [core.record.fd]
         state = {
             "slots": core.slots,
             "flags": core.flags,
             "variable": core.variable,
-            "ledger": core.ledger_path,
+            "ledger": core.books.path,
             # A spawned child holds our record's lock as a forked one would.
-            "records": [DupFd(fd) for fd in (*records, *core.inherited_records)],
+            "records": [DupFd(fd) for fd in core.books.fds()],
         }
         if isinstance(core.auth, FifoAuth):
             return (_rebuild_fifo, (core.auth.path, state))
@@ -1247,55 +755,11 @@ def _rebuild_pipe(read: Any, write: Any, state: dict[str, Any]) -> TokenPool:
     r, w = read.detach(), write.detach()
     os.set_inheritable(r, False)
     os.set_inheritable(w, False)
-    records = _detach_records(state)
-    try:
-        reader, writer, private = _posix.open_pipe_ends(r, w)
-    except _posix.Unusable as e:
-        _posix.close_quietly(r, w, *records)
-        raise JobserverUnavailable(f"cannot use the pickled jobserver pipe: {e}") from None
-    return TokenPool._new(
-        style="pipe",
-        reader=reader,
-        writer=writer,
-        auth=PipeAuth(r, w),
-        export_fds=(r, w),
-        slots=state["slots"],
-        owner=False,
-        flags=state["flags"],
-        variable=state["variable"],
-        ledger_path=state["ledger"],
-        inherited_records=records,
-        shared=not private,
-    )
+    return TokenPool._new(_opening.rebuild(PipeAuth(r, w), state))
 
 
 def _rebuild_fifo(path: str, state: dict[str, Any]) -> TokenPool:
-    records = _detach_records(state)
-    try:
-        reader, writer = _posix.open_fifo_ends(path)
-    except _posix.Unusable as e:
-        _posix.close_quietly(*records)
-        raise JobserverUnavailable(f"cannot use the jobserver: {e}") from None
-    return TokenPool._new(
-        style="fifo",
-        reader=reader,
-        writer=writer,
-        auth=FifoAuth(path),
-        export_fds=(),
-        slots=state["slots"],
-        owner=False,
-        flags=state["flags"],
-        variable=state["variable"],
-        ledger_path=state["ledger"],
-        inherited_records=records,
-    )
-
-
-def _detach_records(state: dict[str, Any]) -> tuple[int, ...]:
-    records = tuple(int(dup.detach()) for dup in state["records"])
-    for fd in records:
-        os.set_inheritable(fd, False)
-    return records
+    return TokenPool._new(_opening.rebuild(FifoAuth(path), state))
 
 
 def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
@@ -1308,8 +772,8 @@ def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
     slot. A fifo path is matched by what it opens too: ``/proc/PID/fd/N``, the
     by-path form of a pipe pool (see makejobs.advertise), names that pipe.
     """
-    same = _identity(auth.path) if isinstance(auth, FifoAuth) else None
-    for core in list(_live_cores):
+    same = _opening.identity_of(auth.path) if isinstance(auth, FifoAuth) else None
+    for core in live_cores():
         if core.closed:
             continue
         if auth in (core.auth, core.source_auth) or (same is not None and core.identity == same):
@@ -1317,49 +781,3 @@ def _shared_handle(auth: PipeAuth | FifoAuth) -> TokenPool | None:
             with contextlib.suppress(ValueError):
                 return TokenPool._attach(core)
     return None
-
-
-def _identity(file: str | int) -> tuple[int, int] | None:
-    """(device, inode) of the fifo or pipe at a path or fd; None if it is not one."""
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if stat.S_ISFIFO(st.st_mode) else None
-
-
-def _core_with_identity(identity: tuple[int, int], exclude: _Core) -> _Core | None:
-    """The open pool of this process on the pipe or fifo *identity* (device, inode)."""
-    for core in list(_live_cores):
-        if core is not exclude and not core.closed and core.identity == identity:
-            core.own()
-            return core
-    return None
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if timeout != timeout or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number or None, not {timeout!r}")
-
-
-def _fifo_parent() -> str:
-    """The directory for a new fifo: the temporary directory, unless its path
-    has blanks or backslashes, which cargo and ninja cannot parse (they split
-    MAKEFLAGS on spaces without honouring make's escapes)."""
-    import tempfile
-
-    tmp = tempfile.gettempdir()
-    if any(c in tmp for c in " \t\\") and os.access("/tmp", os.W_OK):
-        return "/tmp"
-    return tmp
-
-
-def _remove_tree(path: str) -> None:
-    """Remove a fifo's private directory, quietly (shutil is imported only for fifos)."""
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -32,7 +32,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from .advertise import Advertisement, advertise
-from .errors import PoolBroken
 
 if TYPE_CHECKING:
     from .advertise import StyleChoice
@@ -136,9 +135,7 @@ class JobPopen(subprocess.Popen[Any]):
         if token is None or pool is None:
             return
         try:
-            pool.release(token)
-        except PoolBroken as e:
-            warnings.warn(e, stacklevel=3)
+            pool.release(token, warn_if_broken=True)
         except ValueError:
             # The pool was closed while the process ran: close() already wrote
             # back the tokens this process held, ours included.

@@ -3,6 +3,11 @@
 This module only turns strings into typed values and back; it never opens,
 checks or inherits file descriptors (that is the pool layer's job).
 
+Why this module is long: it is the whole of a format that make, cargo and
+ninja each read differently, with make's escaping, its option table, every
+historical spelling of the jobserver word and the diagnostics a person needs
+when one is wrong; split up, each part would need all the others.
+
 The format
 ==========
 

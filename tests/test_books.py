@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
+import makejobs._core as core_module
 import makejobs._engine as engine_module
 import makejobs.future as future_module
 import makejobs.jobserver as jobserver_module
-import makejobs.pool as pool_module
 import makejobs.token as token_module
 from forking import wait_for_exit
 from inherited import inherited_pipe
@@ -212,8 +212,8 @@ class _RaiseAt:
 CRITICAL: list[Callable[..., Any]] = [
     TokenPool.try_acquire,
     TokenPool.release,
-    pool_module._Core.take,
-    pool_module._Core.give_back,
+    core_module.Core.take,
+    core_module.Core.give_back,
     token_module.Escrow.give_back,
     Jobserver.submit,
     Jobserver._admit,

@@ -354,7 +354,7 @@ def test_a_callback_added_while_the_job_completes_runs_after_its_token_is_back(
         seen: list[bool] = []
         give_back = js.pool.release
 
-        def release(token: Token) -> None:
+        def release(token: Token, **kwargs: Any) -> None:
             # The thread completing the job is about to give its slot back: another
             # thread adds a callback right now, and has returned before the slot is back.
             adder = threading.Thread(

@@ -95,7 +95,7 @@ def pool(request: pytest.FixtureRequest) -> Iterator[TokenPool]:
 
 def test_environ_exports_the_ledger_and_others_do_not(pool: TokenPool) -> None:
     env = pool.environ({LEDGER_VARIABLE: "/somewhere/else"})
-    assert env[LEDGER_VARIABLE] == pool._core.ledger_path
+    assert env[LEDGER_VARIABLE] == pool._core.books.path
     with TokenPool.create(2) as plain:
         assert LEDGER_VARIABLE not in plain.environ({LEDGER_VARIABLE: "/somewhere/else"})
 
@@ -183,7 +183,7 @@ def test_a_spawned_job_holds_the_record_too(pool: TokenPool) -> None:
 def test_a_ledger_for_another_pool_is_ignored(pool: TokenPool) -> None:
     with TokenPool.create(3) as other:
         env = other.environ()
-        env[LEDGER_VARIABLE] = str(pool._core.ledger_path)
+        env[LEDGER_VARIABLE] = str(pool._core.books.path)
         proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, "2", "hold"],
             env=env,

@@ -43,9 +43,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from time import monotonic
 
-from .._posix import usable_cpus
 from ..errors import Blocked, JobserverUnavailable, PoolBroken
-from ..pool import ENVIRON_VARIABLES, Token, TokenPool
+from ..pool import ENVIRON_VARIABLES, Token, TokenPool, usable_cpus
 from ..protocol import parse_makeflags, replace_auth
 from ._args import UsageError, check_slots, fill, split_command
 from ._console import EXIT_FAILED, EXIT_TIMEOUT, SLOTS_VARIABLE, say

@@ -44,9 +44,8 @@ import os
 import sys
 from collections.abc import Mapping
 
-from .. import _posix
 from ..errors import JobserverUnavailable
-from ..pool import TokenPool
+from ..pool import TokenPool, join_or_create
 from ..protocol import parse_makeflags
 from ._args import UsageError, check_slots, fill
 from ._console import EXIT_FAILED, say
@@ -127,17 +126,15 @@ def _isatty(stream: TextIO | None) -> bool:
 
 def _pool_for_run(jobs: int | None) -> tuple[TokenPool, bool, int | None]:
     """The pool ``run`` uses: (pool, created here, cap on running commands)."""
-    try:
-        pool = TokenPool.from_environ()
-    except JobserverUnavailable as e:
+
+    def report(e: JobserverUnavailable, count: int) -> None:
         if jobs is not None:
             say("run", f"{e}; using a new pool of {jobs} slot(s) (-j {jobs})")
-            return TokenPool.create(jobs), True, None
-        say("run", f"{e}; running one command at a time")
-        return TokenPool.create(1), True, None
-    if pool is None:
-        return TokenPool.create(jobs if jobs is not None else _posix.usable_cpus()), True, None
-    return pool, False, jobs
+        else:
+            say("run", f"{e}; running one command at a time")
+
+    pool, created = join_or_create(jobs, unusable=jobs or 1, report=report)
+    return pool, created, None if created else jobs
 
 
 def _reject_words(words: list[str]) -> None:

@@ -56,8 +56,7 @@ import argparse
 import os
 import subprocess
 
-from .._posix import usable_cpus
-from ..pool import TokenPool
+from ..pool import TokenPool, usable_cpus
 from ._args import check_slots, fill, split_command
 from ._console import EXIT_FAILED, say
 from ._diagnose import serve_warnings
