@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
         "_advertised",
         "_core",
         "_opening",
+        "_lending",
         "guardian",
         "pool",
         "advertise",
