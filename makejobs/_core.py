@@ -152,6 +152,9 @@ class Core:
             st = os.fstat(reader)
             self.identity = (st.st_dev, st.st_ino)
             self._setup(owner)
+            # The fd fileno() returns, made now rather than on first use: a
+            # process that runs out of descriptors later can still wait.
+            self.implicit.poll_fd()
         except BaseException:
             self.closed = True
             _posix.close_quietly(reader, writer, *export_fds, *inherited_records)

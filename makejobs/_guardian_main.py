@@ -25,8 +25,9 @@ longer our parent's), in this order:
    is ever given back while the job that held it may still run;
 3. the guardian exits, and with it its hold on the pools.
 
-SIGINT, SIGTERM, SIGHUP and SIGQUIT are ignored: a ^C or a ``kill`` of the
-whole process group must not stop the one process that cleans up after it.
+SIGINT, SIGTERM, SIGHUP and SIGQUIT are ignored (and held off from the moment
+the guardian is started, before Python sets that up): a ^C or a ``kill`` of
+the whole process group must not stop the one process that cleans up after it.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import socket
 import struct
 import sys
@@ -41,6 +42,7 @@ from ._guardian_main import ESCROW, FORGET, HEADER, POOL, RECORD
 
 __all__ = ["Guardian", "current", "life_fd"]
 
+_UNSTOPPABLE = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _lock = threading.Lock()
 _current: Guardian | None = None
 _failed_in: int | None = None  # the pid in which starting one failed (warned once)
@@ -93,8 +95,15 @@ class Guardian:
                     str(targets[life_r]),
                     str(targets[theirs.fileno()]),
                 ]
+                # Held off from the start (the guardian never takes them): a ^C or
+                # a SIGTERM sent to the whole group while it is still starting up
+                # must not stop the one process that cleans up after the group.
                 self.pid = os.posix_spawn(
-                    sys.executable, argv, os.environ, file_actions=actions, setsigmask=()
+                    sys.executable,
+                    argv,
+                    os.environ,
+                    file_actions=actions,
+                    setsigmask=_UNSTOPPABLE,
                 )
             finally:
                 os.close(null)
