@@ -47,7 +47,7 @@ def gone(pid: int, timeout: float) -> bool:
         os.close(pidfd)
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "executor"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 @pytest.mark.parametrize("key", ["make43", "make441"])
 def test_a_killed_jobserver_recipe_leaves_make_no_tokens_short(

@@ -313,8 +313,15 @@ def _finish_own_jobs() -> None:
             hook()
 
 
-#: In a spawned job: the submitting process's life pipe end, kept open until exit.
+#: In a spawned job or worker: the submitting process's life pipe end, kept open until exit.
 _life = -1
+
+
+def keep_life(fd: int) -> None:
+    """Hold *fd*, the life pipe end of the process that started us, until we exit."""
+    global _life
+    os.set_inheritable(fd, False)
+    _life = fd
 
 
 class ResultFd:
@@ -372,12 +379,10 @@ def spawned_main(
     process inherits the mask of the thread that started it. With *memfd* the
     frame is written there, and the result pipe only tells when we are gone.
     """
-    global _life
     if sigmask is not None:
         _posix.sigmask(_posix.SIG_SETMASK, sigmask)
     if life is not None:
-        _life = life.detach()
-        os.set_inheritable(_life, False)
+        keep_life(life.detach())
     fd = result.detach()
     os.set_inheritable(fd, False)  # exec'd grandchildren must not pin the pipe
     out = fd

@@ -60,8 +60,15 @@ def worker_main(
     max_tasks: int | None,
     close_fds: tuple[int, ...] = (),
     main_path: str | None = None,
+    life: Any = None,
 ) -> None:
-    """Serve tasks until the task pipe closes (or *max_tasks* are done)."""
+    """Serve tasks until the task pipe closes (or *max_tasks* are done).
+
+    *life* is the executor's process's life pipe end (see makejobs.guardian),
+    held untouched while the worker lives; a forked worker inherited it.
+    """
+    if life is not None:
+        _child.keep_life(life.detach())
     if main_path is not None and getattr(sys.modules["__main__"], "__file__", None) is None:
         # Started while the parent's interpreter was exiting, multiprocessing
         # no longer told us its main script: load it as spawn would, so tasks

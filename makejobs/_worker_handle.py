@@ -18,7 +18,7 @@ import threading
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
-from . import _child, _forkserver, _frames, _worker
+from . import _child, _forkserver, _frames, _worker, guardian
 
 if TYPE_CHECKING:
     from .pool import Token, TokenPool
@@ -108,6 +108,10 @@ class WorkerHandle:
             ForkServerFailed: the fork server died, and a new one failed too.
             Exception: whatever else starting the process raised.
         """
+        # A worker holds its executor's life pipe, as a job does (see
+        # makejobs.guardian): if this process is killed, the guardian stops the
+        # workers before it gives back the tokens of the tasks they were running.
+        life = guardian.life_fd()
         with _spawn_lock:
             task_r, task_w = os.pipe()
             result_r, result_w = os.pipe()
@@ -119,10 +123,12 @@ class WorkerHandle:
             if method == "fork":
                 fds = (task_r, result_w)
                 closing = inherited  # fork copies every fd: drop the executors' own ends
+                held = None  # inherited with the rest
             else:
                 fds = (_child.ResultFd(task_r), _child.ResultFd(result_w))
                 closing = ()
-            args = (*fds, pool, initializer, initargs, max_tasks, closing, main_path)
+                held = None if life < 0 else _child.ResultFd(life)
+            args = (*fds, pool, initializer, initargs, max_tasks, closing, main_path, held)
 
             def make() -> Any:
                 return context.Process(  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
 """A make recipe that runs Jobserver jobs on make's pool and then waits to be killed.
 
-Usage: killed_parent.py DIR METHOD JOBS. Each job writes its pid to DIR/job-<pid> and
+Usage: killed_parent.py DIR METHOD JOBS (METHOD "executor": tasks of a
+JobserverExecutor). Each job writes its pid to DIR/job-<pid> and
 sleeps; once JOBS jobs run, the recipe writes "<recipe pid> <job pids...>" to DIR/ready
 and sleeps until the test kills it (SIGTERM or SIGKILL: Python's default SIGTERM action
 runs no cleanup). Standard library and makejobs only.
@@ -20,12 +21,20 @@ def job(directory: str) -> None:
 
 
 def main() -> None:
-    from makejobs import Jobserver
+    from makejobs import Jobserver, JobserverExecutor
 
     directory, method, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    js = Jobserver(method)
-    futures = [js.submit(job, (directory,), timeout=60) for _ in range(count)]
-    pids = [f.pid for f in futures]
+    if method == "executor":  # tasks in JobserverExecutor's workers (forkserver)
+        executor = JobserverExecutor(count)
+        for _ in range(count):
+            executor.submit(job, directory)
+        while len([p for p in os.listdir(directory) if p.startswith("job-")]) < count:
+            time.sleep(0.01)
+        pids = sorted(int(p[4:]) for p in os.listdir(directory) if p.startswith("job-"))
+    else:
+        js = Jobserver(method)
+        futures = [js.submit(job, (directory,), timeout=60) for _ in range(count)]
+        pids = [f.pid for f in futures]
     for pid in pids:
         while not Path(directory, f"job-{pid}").exists():
             time.sleep(0.01)
