@@ -22,7 +22,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from functools import partial
 
 from . import _forks, _posix
 from ._reader import BlockingSource
@@ -36,6 +35,22 @@ if TYPE_CHECKING:
     from .protocol import FifoAuth, MakeFlags, PipeAuth
 
 __all__ = ["Core", "live_cores", "on_close", "return_held_everywhere"]
+
+_splice = _posix._splice
+_NONBLOCK = _posix._SPLICE_F_NONBLOCK
+
+
+class _Hold(weakref.ref):  # type: ignore[type-arg]
+    """The pool's weak reference to a Token that holds an escrow, and who took it.
+
+    Its callback (the core's :meth:`Core.dropped`) runs only if the Token is
+    garbage collected while listed, i.e. dropped without being released.
+    """
+
+    __slots__ = ("escrow", "handle")
+    escrow: Escrow
+    handle: TokenPool
+
 
 _live: weakref.WeakSet[Core] = weakref.WeakSet()
 _close_hooks: list[Callable[[TokenPool], None]] = []
@@ -109,7 +124,7 @@ class Core:
     implicit: ImplicitSlot
     free_tokens: list[Escrow]
     free_implicit: list[Escrow]
-    holders: dict[Escrow, tuple[TokenPool, weakref.ref[Token]]]
+    holders: dict[Escrow, _Hold]
     orphans: list[Escrow]
 
     def __init__(
@@ -176,6 +191,7 @@ class Core:
         self.free_implicit = []
         self.holders = {}
         self.orphans = []
+        self._on_dropped = self.dropped  # one bound method for every _Hold
         _forks.note_touched()
         self.generation = _forks.generation  # last: other threads test it without a lock
 
@@ -213,12 +229,23 @@ class Core:
         # the move, the token is in its escrow, and the escrow is listed with a
         # reference to the Token that calls back if the Token is dropped held.
         token = Token(handle, escrow, implicit, self.generation)
-        self.holders[escrow] = (handle, weakref.ref(token, partial(self.dropped, escrow)))
-        try:
-            moved = _posix.move(source, escrow.w, 1)
-        except EOFError:
-            moved = -1
+        hold = _Hold(token, self._on_dropped)
+        hold.escrow = escrow
+        hold.handle = handle
+        self.holders[escrow] = hold
+        escrow.count = 1  # before the byte: see Escrow.count
+        if _splice is not None:  # _posix.move, inlined: this is the cost of every token
+            try:
+                moved = _splice(source, escrow.w, 1, flags=_NONBLOCK) or -1
+            except BlockingIOError:
+                moved = 0
+        else:
+            try:
+                moved = _posix.move(source, escrow.w, 1)
+            except EOFError:
+                moved = -1
         if moved <= 0:
+            escrow.count = 0
             token._escrow = None
             del self.holders[escrow]
             free.append(escrow)
@@ -237,7 +264,7 @@ class Core:
             raise ValueError(f"{token!r} was already released")
         if token.implicit:
             self.implicit.maybe_free = True  # before the byte: see ImplicitSlot
-        else:
+        elif self.books.record is not None:
             self.books.giving_back(escrow.held())  # before: a death in between loses
         try:
             escrow.give_back()
@@ -275,13 +302,18 @@ class Core:
         if keeper is not None:
             keeper.add_record(self, self.writer, record.fd)
 
-    def dropped(self, escrow: Escrow, ref: object) -> None:
-        """A Token was garbage collected while it held *escrow*: give its slot back.
+    def dropped(self, hold: _Hold) -> None:
+        """A Token was garbage collected while it held an escrow: give its slot back.
 
         Called only for tokens dropped unreleased (a release forgets the
         reference first), so no Python code runs when a released token goes.
         """
-        if self.generation != _forks.generation or escrow not in self.holders:
+        escrow: Escrow | None = getattr(hold, "escrow", None)  # unset: never listed
+        if (
+            escrow is None
+            or self.generation != _forks.generation
+            or self.holders.get(escrow) is not hold
+        ):
             return  # a token of our parent's, in a forked child; or already done
         # Garbage collection can run inside a locked section of this very
         # thread: never wait for the lock here, leave the work to its holder.
@@ -319,8 +351,8 @@ class Core:
         """The escrows holding pool tokens taken through *handle* (None: any handle)."""
         return [
             escrow
-            for escrow, (holder, _ref) in self.holders.items()
-            if escrow.dest == self.writer and (handle is None or holder is handle)
+            for escrow, hold in self.holders.items()
+            if escrow.dest == self.writer and (handle is None or hold.handle is handle)
         ]
 
     def return_held(self, handle: TokenPool | None, why: str, stacklevel: int) -> int:

@@ -374,9 +374,12 @@ class TokenPool:
             PoolBroken: the pool returned end-of-file.
             ValueError: the pool is closed.
         """
-        core = self._live_core()
+        # _live_core(), inlined: this is the cost of every token.
+        core = self._core
+        if core.generation != _forks.generation:
+            core._reset_after_fork()
         with core.lock:
-            if core.closed:
+            if core.closed or self._closed:
                 raise ValueError("the token pool is closed")
             if core.orphans:
                 core.settle_orphans()
@@ -465,8 +468,10 @@ class TokenPool:
         pool = token._pool
         if pool is not self and (not isinstance(pool, TokenPool) or pool._core is not core):
             raise ValueError(f"{token!r} does not belong to this pool")
-        if token._generation != _forks.generation:
-            raise ValueError(f"{token!r} was acquired by another process (before a fork)")
+        if token._generation != core.generation:
+            if token._generation != _forks.generation:
+                raise ValueError(f"{token!r} was acquired by another process (before a fork)")
+            core.own()
         with core.lock:
             if core.closed or self._closed:
                 if token._escrow is None:

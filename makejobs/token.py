@@ -39,6 +39,9 @@ __all__ = ["IMPLICIT_BYTE", "Escrow", "ImplicitSlot", "Slot", "Token"]
 #: What the implicit-slot pipe holds while the slot is free (never written to a pool).
 IMPLICIT_BYTE = b"i"
 
+_splice = _posix._splice
+_NONBLOCK = _posix._SPLICE_F_NONBLOCK
+
 
 class Escrow:
     """A private pipe that holds the slots one holder took, until they go back.
@@ -48,13 +51,16 @@ class Escrow:
     however often, every byte goes back where it belongs exactly once.
     """
 
-    __slots__ = ("dest", "r", "registered", "w")
+    __slots__ = ("count", "dest", "r", "registered", "w")
 
     def __init__(self, dest: int) -> None:
         self.r, self.w = _posix.private_pipe()
         self.dest = dest
         # Known to the guardian (pool escrows only; see makejobs.guardian).
         self.registered = False
+        #: At least what it holds: raised before a byte moves in, so that an
+        #: interruption can only make it too high, which give_back() checks.
+        self.count = 0
 
     def held(self) -> int:
         """How many slots the escrow holds now."""
@@ -63,6 +69,9 @@ class Escrow:
     def give_back(self) -> int:
         """Move every held byte back to ``dest``; return how many moved.
 
+        One system call when :attr:`count` is right, which it is but after an
+        interruption; then what is left is looked at.
+
         Raises:
             PoolBroken: ``dest`` is full or has no reader left; the bytes
                 stay here (the caller drops the escrow, and with it the token).
@@ -70,16 +79,26 @@ class Escrow:
         moved = 0
         while True:
             try:
-                n = _posix.move(self.r, self.dest)
-            except EOFError:
-                return moved  # pragma: no cover - we hold the write end
+                if _splice is not None:  # _posix.move, inlined: the cost of every token
+                    try:
+                        n: int = _splice(self.r, self.dest, 1 << 16, flags=_NONBLOCK)
+                    except BlockingIOError:
+                        n = 0
+                else:
+                    n = _posix.move(self.r, self.dest)
+            except EOFError:  # pragma: no cover - we hold the write end
+                n = 0
             except BrokenPipeError:
                 raise _posix.pool_without_reader(self.dest) from None
-            if n == 0:
-                if self.held():
-                    raise _posix.pool_full(self.dest)
-                return moved
             moved += n
+            if n and moved >= self.count:
+                self.count = 0
+                return moved
+            if not self.held():
+                self.count = 0
+                return moved
+            if n == 0:
+                raise _posix.pool_full(self.dest)
 
     def peek(self) -> bytes:
         """The first held byte, without giving it back (b"" when empty)."""
