@@ -2,7 +2,11 @@
 
 A worker process submits jobs to a Jobserver and collects their results in a
 loop, catching every KeyboardInterrupt; this process sends it SIGINT at random
-intervals of 0.5 to 20 ms for the given number of seconds. Then the worker
+intervals of 0.5 to 20 ms for the given number of seconds. The worker's SIGINT
+handler raises KeyboardInterrupt whenever a makejobs call is running (at any
+bytecode of it), and lets the worker's own loop lines be (no Python loop can
+survive an exception at every one of its own lines, and they are not what is
+tried). Then the worker
 stops, lets every job finish and checks its books:
 
 * every token is back exactly once: the pool it created counts ``slots - 1``
@@ -68,7 +72,13 @@ def worker(method: str, slots: int) -> dict[str, Any]:
     from makejobs.errors import TokenCountWarning
 
     stop = []
-    signal.signal(signal.SIGUSR1, lambda signum, frame: stop.append(signum))
+
+    def stop_storm(signum: int, frame: object) -> None:
+        # SIGINTs still on their way must not end the worker after its loop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop.append(signum)
+
+    signal.signal(signal.SIGUSR1, stop_storm)
     pool = TokenPool.create(slots)
     js = Jobserver(method, pool=pool)
     pending: dict[int, Any] = {}
@@ -80,7 +90,7 @@ def worker(method: str, slots: int) -> dict[str, Any]:
     def take(i: int, future: Any) -> None:
         nonlocal collected
         try:
-            value = future.result(0)
+            value = call(future.result, 0)
         except SubmissionDied as e:
             wrong.append(f"job {i}: {e}")
         else:
@@ -91,22 +101,41 @@ def worker(method: str, slots: int) -> dict[str, Any]:
 
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    # SIGINT raises KeyboardInterrupt only while a makejobs call runs: anywhere in
+    # it, at any bytecode, which is what is tried; never in this loop's own lines,
+    # which could not survive it (no Python code can), and are not what is tried.
+    armed = [False]
+
+    def interrupt(signum: int, frame: object) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    def call(fn: Any, *args: Any) -> Any:
+        armed[0] = True
+        try:
+            return fn(*args)
+        finally:
+            armed[0] = False
+
+    def submit_one(i: int) -> Any:
+        return js.submit(job, (i,), timeout=5)
+
+    signal.signal(signal.SIGINT, interrupt)
     i = 0
     while not stop:
         try:
-            while not stop:
-                i += 1
-                pending[i] = js.submit(job, (i,), timeout=5)
-                submitted += 1
-                for n, future in list(pending.items()):
-                    if future.done():
-                        del pending[n]
-                        take(n, future)
+            i += 1
+            pending[i] = call(submit_one, i)
+            submitted += 1
+            for n, future in list(pending.items()):
+                if call(future.done):
+                    del pending[n]
+                    take(n, future)
         except KeyboardInterrupt:
             interrupts += 1
         except Exception as e:
             errors.append(repr(e))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for n, future in list(pending.items()):
             future.wait()

@@ -43,8 +43,8 @@ _NONBLOCK = _posix._SPLICE_F_NONBLOCK
 class _Hold(weakref.ref):  # type: ignore[type-arg]
     """The pool's weak reference to a Token that holds an escrow, and who took it.
 
-    Its callback (the core's :meth:`Core.dropped`) runs only if the Token is
-    garbage collected while listed, i.e. dropped without being released.
+    Its callback (``Core.orphans.append``) runs only if the Token is garbage
+    collected while listed, i.e. dropped without being released.
     """
 
     __slots__ = ("escrow", "handle")
@@ -125,7 +125,7 @@ class Core:
     free_tokens: list[Escrow]
     free_implicit: list[Escrow]
     holders: dict[Escrow, _Hold]
-    orphans: list[Escrow]
+    orphans: list[_Hold]
 
     def __init__(
         self,
@@ -190,8 +190,11 @@ class Core:
         self.free_tokens = []
         self.free_implicit = []
         self.holders = {}
+        # The references of tokens dropped while held. Their callback is this
+        # list's append, a C function: no bytecode runs (and no signal handler
+        # can raise) as a token goes; the next call on the pool gives it back.
         self.orphans = []
-        self._on_dropped = self.dropped  # one bound method for every _Hold
+        self._on_dropped = self.orphans.append
         _forks.note_touched()
         self.generation = _forks.generation  # last: other threads test it without a lock
 
@@ -302,36 +305,19 @@ class Core:
         if keeper is not None:
             keeper.add_record(self, self.writer, record.fd)
 
-    def dropped(self, hold: _Hold) -> None:
-        """A Token was garbage collected while it held an escrow: give its slot back.
-
-        Called only for tokens dropped unreleased (a release forgets the
-        reference first), so no Python code runs when a released token goes.
-        """
-        escrow: Escrow | None = getattr(hold, "escrow", None)  # unset: never listed
-        if (
-            escrow is None
-            or self.generation != _forks.generation
-            or self.holders.get(escrow) is not hold
-        ):
-            return  # a token of our parent's, in a forked child; or already done
-        # Garbage collection can run inside a locked section of this very
-        # thread: never wait for the lock here, leave the work to its holder.
-        self.orphans.append(escrow)
-        if not self.lock.acquire(False):
-            return
-        try:
-            if not self.closed:
-                self.settle_orphans()
-        finally:
-            self.lock.release()
-
     def settle_orphans(self) -> None:
-        """Give back the escrows of tokens dropped while held (the lock is held)."""
+        """Give back the escrows of tokens dropped while held (the lock is held).
+
+        A dropped token's reference lands in :attr:`orphans` when it is
+        collected; only one still listed for its escrow is a held slot (one
+        never listed, or released since, holds nothing).
+        """
         while self.orphans:
-            escrow = self.orphans.pop()
-            if self.holders.pop(escrow, None) is None:
+            hold = self.orphans.pop()
+            escrow: Escrow | None = getattr(hold, "escrow", None)  # unset: never listed
+            if escrow is None or self.holders.get(escrow) is not hold:
                 continue
+            del self.holders[escrow]
             if escrow.held():
                 warnings.warn(
                     "a jobserver token was garbage collected without being released;"
@@ -415,7 +401,7 @@ class Core:
         return result
 
     def release_fds(self) -> None:
-        escrows = [*self.free_tokens, *self.free_implicit, *self.holders, *self.orphans]
+        escrows = [*self.free_tokens, *self.free_implicit, *self.holders]
         self.free_tokens, self.free_implicit, self.holders, self.orphans = [], [], {}, []
         for escrow in escrows:
             escrow.close()

@@ -545,23 +545,35 @@ class TokenPool:
         Readable is a hint: follow it with :meth:`try_acquire`, which may
         still find nothing when another client was faster.
         """
-        return self._live_core().implicit.poll_fd()
+        return self._settled_core().implicit.poll_fd()
 
     def available(self) -> int | None:
         """Tokens waiting in the pool right now (racy; for display), if the OS says."""
-        return _posix.available_tokens(self._core.reader)
+        core = self._core
+        if core.orphans and not self._closed:
+            self._settled_core()
+        return _posix.available_tokens(core.reader)
 
     @property
     def implicit_free(self) -> bool:
         """True while this process's implicit slot is not handed out."""
-        return self._live_core().implicit.free()
+        return self._settled_core().implicit.free()
 
     @property
     def held(self) -> int:
         """Tokens (other than the implicit slot) held through this handle now."""
-        core = self._live_core()
+        core = self._settled_core()
         with core.lock:
             return sum(escrow.held() for escrow in core.held_by(self))
+
+    def _settled_core(self) -> Core:
+        """The live core, after giving back the tokens of Tokens dropped unreleased."""
+        core = self._live_core()
+        if core.orphans:
+            with core.lock:
+                if not core.closed:
+                    core.settle_orphans()
+        return core
 
     # -- children -------------------------------------------------------------------
 

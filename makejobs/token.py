@@ -167,8 +167,9 @@ class Token:
 
     Give it back with :meth:`TokenPool.release` exactly once, or use it as a
     context manager: ``with pool.acquire() as token:`` releases it on exit. A
-    token dropped without being released goes back when it is garbage
-    collected, with a :class:`ResourceWarning`, like an unclosed file.
+    token dropped without being released goes back once it is garbage
+    collected (at the next call on its pool), with a :class:`ResourceWarning`,
+    like an unclosed file.
     """
 
     __slots__ = ("__weakref__", "_byte", "_escrow", "_generation", "_pool", "implicit")
