@@ -293,7 +293,8 @@ def _open_fifo_end(path: str, access: int, expected: os.stat_result) -> int:
 
 
 def open_new_fifo_ends(path: str) -> tuple[int, int]:
-    """Our ends of a fifo we just made: the reader first, so the writer's open succeeds."""
+    """New non-blocking ends of a fifo this process holds (or just made): the reader
+    first, so the writer's non-blocking open succeeds."""
     reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
     try:
         writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | _CLOEXEC)

@@ -66,6 +66,7 @@ import os
 import stat
 import sys
 
+from . import _posix
 from .protocol import FifoAuth, PipeAuth, parse_makeflags, replace_auth
 
 TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
@@ -98,7 +99,6 @@ STYLES = ("pipe", "fifo", "auto")
 #: The variables through which children find the pool.
 _VARIABLES = ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")
 
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: Where a process's descriptors can be opened by path (Linux procfs).
 _PROC = "/proc"
 
@@ -199,12 +199,7 @@ def _open_pipe_view(path: str) -> tuple[int, int]:
     description only. Opened ``O_NONBLOCK`` first so that a fifo nobody holds
     cannot hang us (this process holds the pool, so it never is).
     """
-    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
-    try:
-        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | _CLOEXEC)
-    except BaseException:
-        os.close(reader)
-        raise
+    reader, writer = _posix.open_new_fifo_ends(path)
     os.set_blocking(reader, True)
     os.set_blocking(writer, True)
     return reader, writer

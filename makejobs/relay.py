@@ -51,7 +51,6 @@ WAITING = 1
 #: Seconds between looks at the fifo while a token waits in it.
 INTERVAL = 0.01
 
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD}
 
 
@@ -79,8 +78,7 @@ class Relay:
         self._failure: BaseException | None = None
         try:
             os.mkfifo(self.path, 0o600)
-            self._reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
-            self._writer = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | _CLOEXEC)
+            self._reader, self._writer = _posix.open_new_fifo_ends(self.path)
         except BaseException:
             self._remove()
             raise
