@@ -288,7 +288,7 @@ class Future(Generic[T]):
         self._check_owned()
         if timeout is None:
             while self._state is not DONE:
-                engine.progress(None)
+                engine.progress(None, waiting_for=(self,))
         else:
             _check_timeout(timeout)
             deadline = monotonic() + timeout
@@ -297,7 +297,7 @@ class Future(Generic[T]):
                 if remaining <= 0:
                     engine.reclaim()
                     break
-                engine.progress(remaining)
+                engine.progress(remaining, waiting_for=(self,))
         engine.run_callbacks()
         return self._state is DONE
 
@@ -316,7 +316,7 @@ class Future(Generic[T]):
             engine.own()  # in a forked child, the parent's running jobs are abandoned first
             self._check_owned()
             while self._state is not DONE:
-                engine.progress(None)
+                engine.progress(None, waiting_for=(self,))
             engine.run_callbacks()
         elif not self.wait(timeout):
             raise Blocked(f"job process {self.pid} did not finish within {timeout} s")

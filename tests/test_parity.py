@@ -1,0 +1,193 @@
+"""Jobserver and Future: parity with PyPI ``jobserver`` and with concurrent.futures (issue 17).
+
+* the seed's spellings: ``Future.wait(timeout, signal=...)``, ``submit(..., callbacks=...)``,
+  nested ``consume=0`` submissions from forked jobs, ``map`` length checks;
+* ``Jobserver.map(..., buffersize=N)`` with Python 3.14's semantics and errors;
+* ``makejobs.wait()`` and ``makejobs.as_completed()`` on Jobserver futures, with the
+  contracts of concurrent.futures', across Jobservers, without a background thread;
+* killed jobs are done for them, and a wait already waiting returns;
+* the default start method never forks a process that has threads;
+* ``repr()`` of Future and Jobserver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from makejobs import (
+    Jobserver,
+)
+
+FAST = "fork"
+PATIENCE = 60.0
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- jobs (module level, so forkserver and spawn can pickle them) ---------------------------------
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def wait_for_byte(fd: int) -> str:
+    """Hold the job (and its slot) until a byte arrives on the inherited pipe *fd*."""
+    os.read(fd, 1)
+    return "released"
+
+
+def recurse_on_no_slot(js: Jobserver, depth: int) -> int:
+    """The seed's nested fork-join with consume=0 (its test_design_consume)."""
+    if depth == 0:
+        return 0
+    future = js.submit(recurse_on_no_slot, (js, depth - 1), consume=0, timeout=0)
+    result: int = future.result(timeout=PATIENCE)
+    return 1 + result
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gate() -> Iterator[tuple[int, Callable[[int], None]]]:
+    """A pipe whose read end jobs block on (forked jobs inherit it), and release(n), which
+    lets n of them go."""
+    r, w = os.pipe()
+
+    def release(n: int) -> None:
+        os.write(w, b"x" * n)
+
+    try:
+        yield r, release
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = PATIENCE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+
+
+def exited_unreaped(pid: int) -> bool:
+    """True once our child *pid* has exited, while nobody has reaped it yet."""
+    return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run *fn* in a daemon thread; its result or exception lands in the dict."""
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as e:
+            out["error"] = e
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, out
+
+
+# -- 1. the seed's spellings ---------------------------------------------------------------------
+
+
+# -- 2. map(buffersize=) -------------------------------------------------------------------------
+
+
+class Counted:
+    """An iterator that counts the items taken from it."""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self.items = items
+        self.taken = 0
+
+    def __iter__(self) -> Counted:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self.items)
+        self.taken += 1
+        return item
+
+
+# -- 3. waiting on many futures ------------------------------------------------------------------
+
+
+def test_a_job_finished_by_another_thread_just_before_a_wait_listens_is_seen() -> None:
+    """Another thread completes the job after this one saw it running, but before it is
+    listed as a waiter: nobody will wake it, so it must notice by itself."""
+    with Jobserver(FAST, slots=2) as js:
+        future = js.submit(identity, (1,))
+        engine = js._engine
+        real_wake_pipe = engine._wake_pipe
+
+        def late_wake_pipe() -> Any:
+            engine._wake_pipe = real_wake_pipe  # type: ignore[method-assign]
+            other = threading.Thread(target=future.wait)
+            other.start()
+            other.join(PATIENCE)
+            return real_wake_pipe()
+
+        engine._wake_pipe = late_wake_pipe  # type: ignore[method-assign]
+        waiter, out = in_thread(future.wait)
+        waiter.join(PATIENCE)
+        if waiter.is_alive():
+            engine._wake_others()  # let it go before failing
+        assert not waiter.is_alive(), "wait() missed a job another thread completed"
+        assert out == {"result": True}
+
+
+# -- 4. killed means done ---------------------------------------------------------------------------
+
+
+# -- 5. the default start method -----------------------------------------------------------------
+
+DEFAULT_START_METHOD = """
+import os, threading, warnings
+from makejobs import Jobserver
+
+def main():
+    # A fork() of a process that has threads warns on 3.12+.
+    warnings.simplefilter("error", DeprecationWarning)
+    with Jobserver(slots=2) as js:
+        assert "'auto'" in repr(js), repr(js)
+        assert js.context.get_start_method() == "fork"
+        assert js.submit(os.getppid).result() == os.getpid()  # forked by us
+        release = threading.Event()
+        helper = threading.Thread(target=release.wait)
+        helper.start()
+        assert js.context.get_start_method() == "forkserver"
+        assert js.submit(os.getppid).result() != os.getpid()  # by the fork server
+        try:
+            js.submit(lambda: 1)
+        except TypeError as e:
+            assert "context='fork'" in str(e), e
+        else:
+            raise AssertionError("a lambda went to the fork server")
+        release.set()
+        helper.join()
+    print("ok")
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+# -- 6. repr ------------------------------------------------------------------------------------
