@@ -271,11 +271,15 @@ class Jobserver:
         admit = sleep_fn if sleep_fn is not None else self._sleep_fn
         tokens: list[Token] = []
         try:
-            if admit is None and consume == 1:
+            if consume == 0 or (consume == 1 and admit is None):
+                # Settle first, as every call does. This also makes the engine
+                # this process's: in a forked job it is the parent's until then,
+                # its locks included (consume=0 never gets to _admit).
                 self._engine.settle()
-                token = self._pool.try_acquire()
-                if token is not None:
-                    tokens.append(token)
+                if consume:
+                    token = self._pool.try_acquire()
+                    if token is not None:
+                        tokens.append(token)
             if len(tokens) < consume:
                 deadline = None if timeout is None else monotonic() + timeout
                 self._admit(tokens, consume, admit, deadline, timeout)

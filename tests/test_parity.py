@@ -108,6 +108,14 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
 # -- 1. the seed's spellings ---------------------------------------------------------------------
 
 
+def test_a_forked_job_submits_on_no_slot_at_any_depth() -> None:
+    """The seed's consume=0 recursion: a forked job's first submission without a slot used
+    to wait forever on a lock its parent held when it forked."""
+    with Jobserver(FAST, slots=2) as js:
+        future = js.submit(recurse_on_no_slot, (js, 4))
+        assert future.result(timeout=PATIENCE) == 4
+
+
 # -- 2. map(buffersize=) -------------------------------------------------------------------------
 
 
