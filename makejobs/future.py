@@ -21,6 +21,7 @@ when the pool has a single slot.
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 import signal as _signal
 import threading
@@ -273,8 +274,13 @@ class Future(Generic[T]):
         """
         return self.wait(timeout)
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def wait(self, timeout: float | None = None, *, signal: int | None = None) -> bool:
         """Wait until the job has finished, at most *timeout* seconds (None: forever).
+
+        With *signal*, first send it to the job's process, as :meth:`kill`
+        does (only if the process has not been reaped yet): ``wait(1,
+        signal=SIGTERM)`` asks the job to stop and gives it a second. The
+        signal need not end the job (``SIGUSR1``, ``SIGSTOP``, ``SIGCONT``).
 
         Returns:
             True if the job is done (``result(0)`` will not block), False if
@@ -282,10 +288,17 @@ class Future(Generic[T]):
 
         Raises:
             CallbackRaised: a ``when_done`` callback (of any future) raised.
+            OSError: *signal* is not a valid signal number (``EINVAL``, as
+                :func:`os.kill` says), whether or not the job is done.
         """
         engine = self._engine
         engine.own()  # in a forked child, the parent's running jobs are abandoned first
         self._check_owned()
+        if signal is not None:
+            signum = _check_signal(signal)
+            _check_timeout(timeout)  # a bad timeout sends nothing
+            with self._lock:
+                self._process.kill(signum)
         if timeout is None:
             while self._state is not DONE:
                 engine.progress(None, waiting_for=(self,))
@@ -348,7 +361,9 @@ class Future(Generic[T]):
 
         The future is not passed automatically. Callbacks run in registration
         order, exactly once each, in whichever thread completes the job; one
-        registered on a finished future runs before this returns.
+        registered on a finished future runs before this returns, or, when this
+        is called from a callback, right after that callback returns (callbacks
+        never run inside one another).
 
         Raises:
             CallbackRaised: this or another pending callback raised.
@@ -371,7 +386,11 @@ class Future(Generic[T]):
 
         The future then completes as usual: with the result if the job still
         delivered one, else :class:`~makejobs.errors.SubmissionDied`.
+
+        Raises:
+            OSError: *signum* is not a valid signal number (``EINVAL``).
         """
+        signum = _check_signal(signum)
         self._engine.own()  # in a forked child: the parent's job is abandoned first
         self._check_owned()
         with self._lock:
@@ -572,6 +591,16 @@ def _submission_died(process: _Process | _MultiprocessingProcess, payload: Any) 
         exitcode=process.exitcode,
     )
     return _child.attach_traceback(error, text)  # type: ignore[return-value]
+
+
+def _check_signal(signum: object) -> int:
+    """*signum* as an int, or the error os.kill would give for it (also for a done job)."""
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise TypeError(f"signal must be a signal number or None, not {signum!r}")
+    # 0 sends nothing, only checks that the process exists, as for os.kill.
+    if signum != 0 and signum not in _signal.valid_signals():
+        raise OSError(errno.EINVAL, f"{signum} is not a valid signal number")
+    return int(signum)
 
 
 def _check_timeout(timeout: float | None) -> None:

@@ -224,6 +224,7 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None = None,
         sleep_fn: SleepFn | None = None,
         timeout: float | None = None,
+        callbacks: bool = True,
     ) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a new process once a slot is free.
 
@@ -233,6 +234,10 @@ class Jobserver:
             env, preexec_fn, sleep_fn: override (env: extend) the Jobserver's.
             timeout: None waits for a slot forever, 0 never blocks, a number is
                 a deadline covering admission and every retry.
+            callbacks: False runs no ``when_done`` callbacks in this call (so
+                it cannot raise CallbackRaised); they run in the next call
+                that does. Finished jobs are reaped and their slots come back
+                either way.
 
         Raises:
             Blocked: no slot (or no admission) before the deadline.
@@ -264,6 +269,8 @@ class Jobserver:
             )
         if timeout is not None:
             _check_timeout(timeout)
+        if callbacks is not True and callbacks is not False:
+            raise TypeError(f"callbacks must be True or False, not {callbacks!r}")
         if self._closed:
             raise RuntimeError("the Jobserver is closed")
         job_env = self._env if env is None else self._env + _normalize_env(env)
@@ -275,14 +282,17 @@ class Jobserver:
                 # Settle first, as every call does. This also makes the engine
                 # this process's: in a forked job it is the parent's until then,
                 # its locks included (consume=0 never gets to _admit).
-                self._engine.settle()
+                if callbacks:
+                    self._engine.settle()
+                else:
+                    self._engine.reclaim()
                 if consume:
                     token = self._pool.try_acquire()
                     if token is not None:
                         tokens.append(token)
             if len(tokens) < consume:
                 deadline = None if timeout is None else monotonic() + timeout
-                self._admit(tokens, consume, admit, deadline, timeout)
+                self._admit(tokens, consume, admit, deadline, timeout, callbacks)
             return self._launch(fn, args, kwargs, job_env, preexec, tokens)
         except BaseException:
             # Until a registered job holds them, the tokens are ours to give back;
@@ -304,6 +314,7 @@ class Jobserver:
         sleep_fn: SleepFn | None,
         deadline: float | None,
         timeout: float | None,
+        callbacks: bool = True,
     ) -> None:
         """Fill *tokens* with *consume* slots, all at once, waiting as allowed.
 
@@ -316,7 +327,8 @@ class Jobserver:
         pool = self._pool
         while True:
             engine.reclaim()
-            engine.run_callbacks()
+            if callbacks:
+                engine.run_callbacks()
             if self._closed:
                 raise RuntimeError("the Jobserver is closed")
             delay = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,9 @@ import psutil
 import pytest
 
 from makejobs import (
+    CallbackRaised,
     Jobserver,
+    SubmissionDied,
 )
 
 FAST = "fork"
@@ -106,6 +109,70 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 # -- 1. the seed's spellings ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", [signal.SIGTERM, int(signal.SIGTERM)])
+def test_wait_with_a_signal_sends_it_then_waits(form: int) -> None:
+    with gate() as (r, _), Jobserver(FAST, slots=2) as js:
+        future = js.submit(wait_for_byte, (r,))
+        assert future.wait(timeout=PATIENCE, signal=form)
+        with pytest.raises(SubmissionDied, match="SIGTERM"):
+            future.result(0)
+        # Done: nothing is sent any more (the pid may be somebody else's), and it is no error.
+        assert future.wait(timeout=0, signal=signal.SIGKILL)
+        assert future.exitcode == -signal.SIGTERM
+
+
+def test_a_signal_need_not_end_the_job() -> None:
+    with gate() as (r, release), Jobserver(FAST, slots=2) as js:
+        future = js.submit(wait_for_byte, (r,))
+        assert not future.wait(timeout=0, signal=signal.SIGSTOP)
+        wait_until(lambda: psutil.Process(future.pid).status() == psutil.STATUS_STOPPED)
+        release(1)  # it cannot read it while stopped
+        assert future.wait(timeout=PATIENCE, signal=signal.SIGCONT)
+        assert future.result(0) == "released"
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (max(signal.valid_signals()) + 1, OSError),
+        (-1, OSError),
+        ("TERM", TypeError),
+        (True, TypeError),
+    ],
+)
+def test_a_bad_signal_is_refused_done_or_not(bad: Any, error: type[Exception]) -> None:
+    with gate() as (r, release), Jobserver(FAST, slots=2) as js:
+        running = js.submit(wait_for_byte, (r,))
+        done = js.submit(identity, (1,))
+        assert done.result(timeout=PATIENCE) == 1
+        for future in (running, done):
+            with pytest.raises(error):
+                future.wait(timeout=0, signal=bad)
+            with pytest.raises(error):
+                future.kill(bad)
+        assert not running.done()  # nothing was sent
+        release(1)
+        assert running.result(timeout=PATIENCE) == "released"
+
+
+def test_submit_with_callbacks_false_runs_none_but_still_frees_slots() -> None:
+    calls: list[str] = []
+    with Jobserver(FAST, slots=1) as js:
+        first = js.submit(identity, (1,))
+        first.when_done(calls.append, "first")
+        first.when_done(fail, "callback")
+        wait_until(lambda: exited_unreaped(first.pid))
+        # The only slot is first's until it is reaped: callbacks=False still reaps it.
+        second = js.submit(identity, (2,), timeout=0, callbacks=False)
+        assert calls == []
+        with pytest.raises(CallbackRaised):
+            second.result(timeout=PATIENCE)
+        assert calls == ["first"]
+        assert second.result(timeout=PATIENCE) == 2
+        with pytest.raises(TypeError, match="callbacks must be True or False"):
+            js.submit(identity, (3,), callbacks=1)  # type: ignore[arg-type]
 
 
 def test_a_forked_job_submits_on_no_slot_at_any_depth() -> None:
