@@ -32,7 +32,7 @@ import signal
 import sys
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from multiprocessing.context import BaseContext
 from time import monotonic
 from typing import Any, TypeVar, Union
@@ -582,6 +582,7 @@ class Jobserver:
         *,
         chunksize: int = 1,
         timeout: float | None = None,
+        buffersize: int | None = None,
         consume: int = 1,
         env: EnvLike | None = None,
         preexec_fn: Callable[[], Any] | None = None,
@@ -589,22 +590,41 @@ class Jobserver:
     ) -> Iterator[T]:
         """Yield ``fn(*args, **kwargs)`` per call in *argses* / *kwargses*, in order.
 
-        Calls are grouped *chunksize* to a job. Inputs are consumed lazily; as
-        many chunks run at once as the pool allows. *timeout* is a deadline
-        measured from this call: past it the iterator raises Blocked. The first
-        exception raised by a call is re-raised at its position.
+        Calls are grouped *chunksize* to a job. Inputs are consumed lazily,
+        from the first ``next()`` on; as many chunks run at once as the pool
+        allows, or, with *buffersize* (Python 3.14's ``Executor.map``
+        semantics), at most *buffersize* chunks beyond the one whose results
+        are awaited: no more results are computed ahead of the consumer, and
+        the inputs are read no further, so they may be endless. *timeout* is
+        a deadline measured from this call: past it the iterator raises
+        Blocked. The first exception raised by a call is re-raised at its
+        position, after the results before it.
+
+        Raises:
+            ValueError: *chunksize* or *buffersize* below 1, or *argses* and
+                *kwargses* of different lengths (at once when both have a
+                length, else when the shorter runs out).
+            TypeError: *buffersize* not an int; a mapping given where an
+                iterable of calls belongs.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
-        if argses is None and kwargses is None:
-            raise TypeError("map needs argses, kwargses or both")
+        check_buffersize(buffersize)
         if isinstance(argses, Mapping) or isinstance(kwargses, Mapping):
             raise TypeError("argses and kwargses must be iterables of calls, not a mapping")
+        lengths = (_length(argses), _length(kwargses))
+        if None not in lengths and lengths[0] != lengths[1]:
+            raise ValueError(
+                f"argses and kwargses have different lengths ({lengths[0]} and {lengths[1]})"
+            )
         _check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
-        calls = _zip_calls(argses, kwargses)
+        calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]] = iter(())
+        if argses is not None or kwargses is not None:
+            calls = _zip_calls(argses, kwargses)
+        # else no inputs at all: no calls, as with Executor.map(fn) and PyPI jobserver's map(fn).
         options = dict(consume=consume, env=env, preexec_fn=preexec_fn, sleep_fn=sleep_fn)
-        return self._map(fn, calls, chunksize, deadline, timeout, options)
+        return self._map(fn, calls, chunksize, deadline, timeout, buffersize, options)
 
     def _map(
         self,
@@ -613,13 +633,16 @@ class Jobserver:
         chunksize: int,
         deadline: float | None,
         timeout: float | None,
+        buffersize: int | None,
         options: dict[str, Any],
     ) -> Iterator[T]:
         inflight: deque[Future[_ChunkResult]] = deque()
         pending: list[tuple[tuple[Any, ...], dict[str, Any]]] | None = None
         exhausted = False
+        # With a buffersize, the chunk awaited next plus that many more.
+        most = None if buffersize is None else buffersize + 1
         while True:
-            while not exhausted:
+            while not exhausted and (most is None or len(inflight) < most):
                 if pending is None:
                     pending = [call for _, call in zip(range(chunksize), calls)]
                     if not pending:
@@ -738,6 +761,18 @@ def _run_chunk(
             text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
             return values, _child.attach_traceback(e, text)
     return values, None
+
+
+def check_buffersize(buffersize: object) -> None:
+    """Refuse a *buffersize* that Python 3.14's ``Executor.map`` refuses, with its errors."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
+def _length(inputs: object) -> int | None:
+    return len(inputs) if isinstance(inputs, Sized) else None
 
 
 def _check_args(args: Iterable[Any]) -> tuple[Any, ...]:

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import signal
 import threading
 import time
@@ -183,6 +185,22 @@ def test_a_forked_job_submits_on_no_slot_at_any_depth() -> None:
         assert future.result(timeout=PATIENCE) == 4
 
 
+def test_map_without_inputs_makes_no_calls() -> None:
+    """As PyPI jobserver's map(fn) and concurrent.futures' Executor.map(fn) do."""
+    with Jobserver(FAST, slots=1) as js:
+        assert list(js.map(identity)) == []
+        assert list(js.map(identity, [], [])) == []
+
+
+def test_map_refuses_inputs_of_different_lengths_at_once_when_it_can() -> None:
+    with Jobserver(FAST, slots=2) as js:
+        with pytest.raises(ValueError, match=r"different lengths \(3 and 1\)"):
+            js.map(identity, [(1,), (2,), (3,)], [{}])
+        lazy = js.map(identity, iter([(1,), (2,)]), iter([{}]))  # no lengths: found on the way
+        with pytest.raises(ValueError, match="different lengths"):
+            list(lazy)
+
+
 # -- 2. map(buffersize=) -------------------------------------------------------------------------
 
 
@@ -200,6 +218,40 @@ class Counted:
         item = next(self.items)
         self.taken += 1
         return item
+
+
+@pytest.mark.parametrize(
+    ("buffersize", "error", "message"),
+    [
+        ("2", TypeError, "buffersize must be an integer or None"),
+        (2.0, TypeError, "buffersize must be an integer or None"),
+        (0, ValueError, "buffersize must be None or > 0"),
+        (-1, ValueError, "buffersize must be None or > 0"),
+    ],
+)
+def test_map_refuses_a_bad_buffersize_as_python_3_14_does(
+    buffersize: Any, error: type[Exception], message: str
+) -> None:
+    with Jobserver(FAST, slots=1) as js, pytest.raises(error, match=f"^{re.escape(message)}$"):
+        js.map(identity, [(1,)], buffersize=buffersize)
+
+
+@pytest.mark.parametrize(("buffersize", "chunksize"), [(1, 1), (3, 1), (2, 2)])
+def test_map_with_buffersize_computes_that_many_ahead_of_the_consumer(
+    buffersize: int, chunksize: int
+) -> None:
+    """At most *buffersize* chunks beyond the one being consumed are taken from the input
+    (and run), as with Python 3.14's Executor.map; so an endless input works."""
+    with Jobserver(FAST, slots=buffersize + 2) as js:  # slots never hold it back here
+        source = Counted((i,) for i in itertools.count())
+        results = js.map(identity, source, chunksize=chunksize, buffersize=buffersize)
+        assert source.taken == 0  # nothing before the first next()
+        for n in range(1, 8):
+            assert next(results) == n - 1
+            # The chunk of the n-th result, and *buffersize* chunks after it.
+            assert source.taken == ((n - 1) // chunksize + 1 + buffersize) * chunksize
+        results.close()  # type: ignore[attr-defined]
+        assert list(js.map(identity, [(i,) for i in range(5)], buffersize=2)) == list(range(5))
 
 
 # -- 3. waiting on many futures ------------------------------------------------------------------
