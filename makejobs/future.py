@@ -397,7 +397,24 @@ class Future(Generic[T]):
             self._process.kill(signum)
 
     def __repr__(self) -> str:
-        return f"<Future {self._state} pid={self.pid} callbacks={len(self._callbacks)}>"
+        # State, then what is known: the exit code once reaped, the outcome once
+        # decoded (in the words of concurrent.futures' repr), and how many
+        # callbacks have yet to run.
+        process = self._process
+        parts = [f"<Future {self._state} pid={process.pid}"]
+        if process.exitcode is not None:
+            parts.append(f"exitcode={process.exitcode}")
+        outcome = self._outcome
+        if outcome is not None:
+            kind, payload = outcome
+            if kind == _child.OK:
+                parts.append(f"returned {type(payload).__name__}")
+            elif kind == _child.RAISED:
+                parts.append(f"raised {type(payload[0]).__name__}")
+            else:
+                parts.append("died")
+        parts.append(f"callbacks={len(self._callbacks) - self._next_callback}>")
+        return " ".join(parts)
 
     def __copy__(self) -> Future[T]:
         raise TypeError("a Future cannot be copied")

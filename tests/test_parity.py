@@ -318,3 +318,33 @@ if __name__ == "__main__":
 
 
 # -- 6. repr ------------------------------------------------------------------------------------
+
+
+def test_future_repr_says_state_pid_exit_code_outcome_and_callbacks() -> None:
+    with gate() as (r, release), Jobserver(FAST, slots=3) as js:
+        running = js.submit(wait_for_byte, (r,))
+        running.when_done(identity, 1)
+        assert repr(running) == f"<Future running pid={running.pid} callbacks=1>"
+        release(1)
+        running.result(timeout=PATIENCE)
+        assert (
+            repr(running) == f"<Future done pid={running.pid} exitcode=0 returned str callbacks=0>"
+        )
+        failed = js.submit(fail, ("boom",))
+        assert failed.wait(PATIENCE)
+        assert (
+            repr(failed)
+            == f"<Future done pid={failed.pid} exitcode=0 raised ValueError callbacks=0>"
+        )
+        killed = js.submit(wait_for_byte, (r,))
+        assert killed.wait(PATIENCE, signal=signal.SIGKILL)
+        assert repr(killed) == f"<Future done pid={killed.pid} exitcode=-9 died callbacks=0>"
+
+
+def test_jobserver_repr_says_start_method_state_running_jobs_and_pool() -> None:
+    with gate() as (r, release), Jobserver(FAST, slots=2) as js:
+        future = js.submit(wait_for_byte, (r,))
+        assert repr(js) == f"<Jobserver 'fork' open running=1 pool={js.pool!r}>"
+        release(1)
+        future.result(timeout=PATIENCE)
+    assert repr(js).startswith("<Jobserver 'fork' closed running=0 pool=<TokenPool ")
