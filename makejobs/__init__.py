@@ -5,7 +5,8 @@ Layers, lowest first (a module imports only from layers below it):
 * :mod:`makejobs.protocol`: parse and format ``MAKEFLAGS`` (pure, no I/O).
 * :mod:`makejobs.pool`: :class:`TokenPool`, join or create a token pool.
 * :mod:`makejobs.jobserver` and :mod:`makejobs.future`: :class:`Jobserver`,
-  one process per job on pool tokens, with :class:`Future` results.
+  one process per job on pool tokens, with :class:`Future` results;
+  :mod:`makejobs.waiting`: :func:`wait` and :func:`as_completed` for them.
 * :mod:`makejobs.executor`: :class:`JobserverExecutor`, a
   :mod:`concurrent.futures` executor whose running tasks hold pool tokens.
 * :mod:`makejobs.criteria`: admission criteria for ``sleep_fn``.
@@ -36,6 +37,13 @@ if TYPE_CHECKING:
     from .jobserver import Jobserver, usable_cpus
     from .pool import Token, TokenPool
     from .protocol import FifoAuth, MakeFlags, PipeAuth, format_makeflags, parse_makeflags
+    from .waiting import (
+        ALL_COMPLETED,
+        FIRST_COMPLETED,
+        FIRST_EXCEPTION,
+        as_completed,
+        wait,
+    )
 
 # Names are imported on first use (PEP 562): a spawned job that needs only the
 # pool and the child side must not pay for importing the executor and
@@ -60,6 +68,11 @@ _WHERE = {
     "PipeAuth": "protocol",
     "format_makeflags": "protocol",
     "parse_makeflags": "protocol",
+    "ALL_COMPLETED": "waiting",
+    "FIRST_COMPLETED": "waiting",
+    "FIRST_EXCEPTION": "waiting",
+    "as_completed": "waiting",
+    "wait": "waiting",
 }
 
 
@@ -79,6 +92,9 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "Blocked",
     "CallbackRaised",
     "FifoAuth",
@@ -96,7 +112,9 @@ __all__ = [
     "TokenCountWarning",
     "TokenPool",
     "__version__",
+    "as_completed",
     "format_makeflags",
     "parse_makeflags",
     "usable_cpus",
+    "wait",
 ]

@@ -416,6 +416,16 @@ class Future(Generic[T]):
         parts.append(f"callbacks={len(self._callbacks) - self._next_callback}>")
         return " ".join(parts)
 
+    @property
+    def _condition(self) -> Any:
+        # What concurrent.futures.wait() and as_completed() look for first: say
+        # why they cannot work here, instead of a bare AttributeError.
+        raise AttributeError(
+            "concurrent.futures.wait() and as_completed() need a background thread"
+            " to complete futures, and a Jobserver has none: use makejobs.wait()"
+            " and makejobs.as_completed(), which do the same for Jobserver futures"
+        )
+
     def __copy__(self) -> Future[T]:
         raise TypeError("a Future cannot be copied")
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import itertools
 import os
@@ -25,8 +26,11 @@ from typing import Any
 import psutil
 import pytest
 
+import makejobs
 from makejobs import (
+    Blocked,
     CallbackRaised,
+    Future,
     Jobserver,
     SubmissionDied,
 )
@@ -257,6 +261,115 @@ def test_map_with_buffersize_computes_that_many_ahead_of_the_consumer(
 # -- 3. waiting on many futures ------------------------------------------------------------------
 
 
+def test_wait_returns_when_asked() -> None:
+    with gate() as (r, release), Jobserver(FAST, slots=3) as js:
+        blocked = js.submit(wait_for_byte, (r,))
+        quick = js.submit(identity, (1,))
+        done, not_done = makejobs.wait(
+            [blocked, quick, quick], return_when=makejobs.FIRST_COMPLETED
+        )
+        assert (done, not_done) == ({quick}, {blocked})
+        # A timeout is no error: what is not done is in not_done.
+        result = makejobs.wait([blocked, quick], timeout=0.05)
+        assert result.done == {quick} and result.not_done == {blocked}
+        failing = js.submit(fail, ("boom",))
+        done, _ = makejobs.wait([blocked, failing], return_when=cf.FIRST_EXCEPTION)
+        assert done == {failing}
+        release(1)
+        done, not_done = makejobs.wait([blocked, quick, failing])
+        assert done == {blocked, quick, failing} and not not_done
+        # FIRST_EXCEPTION with no exception: all of them.
+        assert makejobs.wait([quick], return_when=makejobs.FIRST_EXCEPTION).done == {quick}
+        assert makejobs.wait([]) == (set(), set())
+
+
+def test_wait_and_as_completed_refuse_bad_arguments() -> None:
+    with Jobserver(FAST, slots=2) as js:
+        future = js.submit(identity, (1,))
+        with pytest.raises(ValueError, match="return_when"):
+            makejobs.wait([future], return_when="SOMETIMES")
+        with pytest.raises(ValueError, match="timeout"):
+            makejobs.wait([future], timeout=-1)
+        with pytest.raises(TypeError, match="not a mix"):
+            makejobs.wait([future, cf.Future()])
+        with pytest.raises(TypeError, match="not a mix"):
+            makejobs.as_completed([future, "nonsense"])  # type: ignore[list-item]
+        assert future.result(timeout=PATIENCE) == 1
+
+
+def test_standard_futures_alone_are_handed_to_concurrent_futures() -> None:
+    with cf.ThreadPoolExecutor(2) as executor:
+        futures = [executor.submit(identity, i) for i in range(3)]
+        assert makejobs.wait(futures, timeout=PATIENCE).done == set(futures)
+        assert set(makejobs.as_completed(futures, timeout=PATIENCE)) == set(futures)
+
+
+def test_as_completed_yields_each_once_done_ones_first() -> None:
+    with gate() as (r, release), Jobserver(FAST, slots=3) as js:
+        blocked = js.submit(wait_for_byte, (r,))
+        quick = js.submit(identity, (1,))
+        assert quick.result(timeout=PATIENCE) == 1
+        iterator = makejobs.as_completed([blocked, quick, blocked, quick])
+        assert next(iterator) is quick
+        release(1)
+        assert next(iterator) is blocked
+        with pytest.raises(StopIteration):
+            next(iterator)
+
+
+def test_as_completed_times_out_from_the_call_and_says_how_many_are_unfinished() -> None:
+    with gate() as (r, release), Jobserver(FAST, slots=3) as js:
+        blocked = js.submit(wait_for_byte, (r,))
+        quick = js.submit(identity, (1,))
+        assert quick.result(timeout=PATIENCE) == 1
+        iterator = makejobs.as_completed([blocked, quick], timeout=0.2)
+        assert next(iterator) is quick
+        with pytest.raises(TimeoutError, match=r"^1 \(of 2\) futures unfinished$") as info:
+            next(iterator)
+        assert isinstance(info.value, Blocked)
+        release(1)
+        assert blocked.result(timeout=PATIENCE) == "released"
+
+
+def test_as_completed_survives_a_callback_that_raises() -> None:
+    """Unlike a generator, the iterator goes on after next() raised CallbackRaised."""
+    with Jobserver(FAST, slots=2) as js:
+        first = js.submit(identity, (1,))
+        first.when_done(fail, "callback")
+        second = js.submit(identity, (2,), callbacks=False)  # first's may be due already
+        iterator = makejobs.as_completed([first, second])
+        got: list[Future[Any]] = []
+        with pytest.raises(CallbackRaised):
+            got.extend(iterator)
+        got.extend(iterator)
+        assert sorted(got, key=id) == sorted([first, second], key=id)
+
+
+def test_one_wait_covers_the_jobs_of_several_jobservers() -> None:
+    """A thread waiting for futures of two Jobservers wakes for whichever finishes."""
+    with gate() as (r, release), Jobserver(FAST, slots=2) as one, Jobserver(FAST, slots=2) as two:
+        blocked = one.submit(wait_for_byte, (r,))
+        later = two.submit(wait_for_byte, (r,))
+        waiter, out = in_thread(
+            lambda: makejobs.wait([blocked, later], return_when=makejobs.FIRST_COMPLETED)
+        )
+        wait_until(lambda: bool(one._engine.waiters) and bool(two._engine.waiters))
+        release(1)  # one of the two jobs gets the byte
+        waiter.join(PATIENCE)
+        assert not waiter.is_alive(), "wait() did not wake for the other Jobserver's job"
+        assert len(out["result"].done) == 1
+        release(1)
+        assert [f.result(timeout=PATIENCE) for f in (blocked, later)] == ["released"] * 2
+
+
+def test_concurrent_futures_wait_names_what_to_use_instead() -> None:
+    with Jobserver(FAST, slots=2) as js:
+        future = js.submit(identity, (1,))
+        with pytest.raises(AttributeError, match=r"makejobs\.wait\(\)"):
+            cf.wait([future])  # type: ignore[list-item]
+        assert future.result(timeout=PATIENCE) == 1
+
+
 def test_a_job_finished_by_another_thread_just_before_a_wait_listens_is_seen() -> None:
     """Another thread completes the job after this one saw it running, but before it is
     listed as a waiter: nobody will wake it, so it must notice by itself."""
@@ -282,6 +395,22 @@ def test_a_job_finished_by_another_thread_just_before_a_wait_listens_is_seen() -
 
 
 # -- 4. killed means done ---------------------------------------------------------------------------
+
+
+def test_killed_jobs_are_done_for_a_wait_already_waiting() -> None:
+    with gate() as (r, _), Jobserver(FAST, slots=3) as js:
+        futures = [js.submit(wait_for_byte, (r,)) for _ in range(2)]
+        waiter, out = in_thread(lambda: makejobs.wait(futures))
+        wait_until(lambda: bool(js._engine.waiters))
+        futures[0].kill(signal.SIGTERM)
+        futures[1].kill(signal.SIGKILL)
+        waiter.join(PATIENCE)
+        assert not waiter.is_alive(), "wait() never returned for killed jobs"
+        assert out["result"].done == set(futures)
+        assert set(makejobs.as_completed(futures, timeout=0)) == set(futures)
+        for future in futures:
+            with pytest.raises(SubmissionDied):
+                future.result(0)
 
 
 # -- 5. the default start method -----------------------------------------------------------------
