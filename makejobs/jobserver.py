@@ -30,6 +30,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
@@ -37,14 +38,14 @@ from multiprocessing.context import BaseContext
 from time import monotonic
 from typing import Any, TypeVar, Union
 
-from . import _child, _posix, guardian
+from . import _child, _forkserver, _posix, guardian
 from ._engine import Engine
 from ._posix import usable_cpus
 from .errors import Blocked, CallbackRaised, JobserverUnavailable, JobStartFailed
 from .future import Future, _check_timeout, _MultiprocessingProcess, _Process
 from .pool import Token, TokenPool
 
-__all__ = ["EnvLike", "Jobserver", "SleepFn", "default_pool", "usable_cpus"]
+__all__ = ["AUTO", "EnvLike", "Jobserver", "SleepFn", "default_pool", "threads", "usable_cpus"]
 
 T = TypeVar("T")
 
@@ -84,14 +85,51 @@ def _normalize_env(env: EnvLike | None) -> _child.Env:
     return tuple(result)
 
 
-def _resolve_context(context: BaseContext | str | None) -> BaseContext:
+#: The start method that forks while the process has one thread, else uses the fork server.
+AUTO = "auto"
+
+
+def _resolve_context(context: BaseContext | str | None) -> BaseContext | None:
+    """The context *context* names, or None for :data:`AUTO`."""
     if context is None:
-        return multiprocessing.get_context()
+        return None if _auto_by_default() else multiprocessing.get_context()
+    if context == AUTO:
+        if not _auto_possible():
+            raise ValueError("the 'auto' start method needs both fork and forkserver")
+        return None
     if isinstance(context, str):
         return multiprocessing.get_context(context)
     if isinstance(context, BaseContext):
         return context
     raise TypeError(f"context must be None, a start method name or a context, not {context!r}")
+
+
+def _auto_possible() -> bool:
+    methods = multiprocessing.get_all_start_methods()
+    return "fork" in methods and "forkserver" in methods
+
+
+def _auto_by_default() -> bool:
+    """Whether a Jobserver without a context uses :data:`AUTO`.
+
+    Where the platform's default start method is fork or forkserver (Linux
+    and the BSDs, not macOS, where forking is unsafe even with one thread),
+    unless :func:`multiprocessing.set_start_method` chose another method
+    (one equal to the platform's default cannot be told from it).
+    """
+    default = multiprocessing.get_all_start_methods()[0]  # the first is the default
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    return default in ("fork", "forkserver") and chosen in (None, default) and _auto_possible()
+
+
+def threads() -> int:
+    """How many threads this process has, counted as CPython counts them when it
+    decides whether to warn that fork() may deadlock: the kernel's count on
+    Linux (C threads included), else the threading module's."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def _check_sleep_result(value: object) -> float | None:
@@ -143,7 +181,16 @@ class Jobserver:
 
     Args:
         context: a :mod:`multiprocessing` start method name (``"fork"``,
-            ``"forkserver"``, ``"spawn"``), a context, or None for the default.
+            ``"forkserver"``, ``"spawn"``), a context, ``"auto"``, or None for
+            the default. The default, where the platform's is fork or
+            forkserver (Linux, the BSDs; not macOS) and
+            :func:`multiprocessing.set_start_method` did not choose another,
+            is ``"auto"``: each job is forked while this process has a single
+            thread (about 2 ms a job), and started by the fork server
+            otherwise (about 10-20 ms, and the job and its arguments must
+            pickle), because forking a process with threads may deadlock the
+            child (Python 3.12+ warns about it; makejobs never makes it warn).
+            Elsewhere, multiprocessing's default.
         slots: None to join the pool advertised by the environment (``make``,
             ``ninja``, ``cargo``, ``makejobs serve``), or, when there is none,
             to create a private pool sized to the usable CPUs. When a pool is
@@ -175,8 +222,10 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None = None,
         sleep_fn: SleepFn | None = None,
     ) -> None:
-        self._context = _resolve_context(context)
-        self._method = self._context.get_start_method()
+        resolved = _resolve_context(context)
+        # With AUTO, _context is None: each job picks its own (see _start_method).
+        self._context = resolved
+        self._method = AUTO if resolved is None else resolved.get_start_method()
         if pool is not None and slots is not None:
             raise ValueError("give slots or pool, not both")
         if preexec_fn is not None and not callable(preexec_fn):
@@ -208,8 +257,21 @@ class Jobserver:
 
     @property
     def context(self) -> BaseContext:
-        """The multiprocessing context (start method) jobs are started with."""
-        return self._context
+        """The multiprocessing context (start method) the next job starts with.
+
+        With the ``"auto"`` start method: the fork context while this process
+        has one thread, else the forkserver context.
+        """
+        return self._start_method()[1]
+
+    def _start_method(self) -> tuple[str, BaseContext]:
+        """The start method and context of the job about to start."""
+        context = self._context
+        if context is not None:
+            return self._method, context
+        # One thread (this one) means no other can start one before the fork.
+        method = "fork" if threads() == 1 else "forkserver"
+        return method, multiprocessing.get_context(method)
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -395,14 +457,15 @@ class Jobserver:
         # The guardian first: a forked job inherits the write end of its life
         # pipe, which is how the guardian knows the job outlived us (if ever).
         life = guardian.life_fd()
-        if self._method == "fork":
+        method, context = self._start_method()
+        if method == "fork":
             return self._fork(fn, args, kwargs, env, preexec_fn, tokens)
         engine = self._engine
         exports, _encoded = self._exports()
-        if self._method == "forkserver":
+        if method == "forkserver":
             # Started here, outside the section below: a process inherits the
             # signal mask, and the fork server passes it on to every job.
-            _ensure_forkserver()
+            _ensure_forkserver(context)
         old = _sigmask(_SIG_BLOCK, ())
         r = w = m = -1
         process: _MultiprocessingProcess | None = None
@@ -416,7 +479,9 @@ class Jobserver:
             with engine.spawn_lock:
                 if self._closed:
                     raise RuntimeError("the Jobserver is closed")
-                process = self._start(w, m, life, old, fn, args, kwargs, env, preexec_fn, exports)
+                process = self._start(
+                    context, w, m, life, old, fn, args, kwargs, env, preexec_fn, exports
+                )
                 # Close our copy of the write end before any other job starts,
                 # so end-of-file means exactly "this job's process is done".
                 os.close(w)
@@ -519,6 +584,7 @@ class Jobserver:
 
     def _start(
         self,
+        context: BaseContext,
         w: int,
         memfd: int,
         life: int,
@@ -531,8 +597,9 @@ class Jobserver:
         exports: _child.Exports,
     ) -> _MultiprocessingProcess:
         """Start the job through multiprocessing; a dead fork server is restarted once."""
+        method = context.get_start_method()
         for attempt in (1, 2):
-            process = self._context.Process(  # type: ignore[attr-defined]
+            process = context.Process(  # type: ignore[attr-defined]
                 target=_child.spawned_main,
                 args=(
                     _child.ResultFd(w),
@@ -558,16 +625,22 @@ class Jobserver:
                 ValueError,
                 RecursionError,
             ) as e:
+                why = ""
+                if self._method == AUTO:
+                    why = (
+                        f" (the default start method forks only while the process has one"
+                        f" thread; it has {threads()}: pass context='fork' to fork anyway)"
+                    )
                 raise TypeError(
                     f"the job or its arguments cannot be pickled for start method"
-                    f" {self._method!r}: {e}"
+                    f" {method!r}: {e}{why}"
                 ) from e
             except _START_ERRORS as e:
-                if attempt == 1 and self._method == "forkserver":
+                if attempt == 1 and method == "forkserver":
                     _forget_dead_forkserver()
                     continue
                 raise JobStartFailed(
-                    f"could not start the job's process with start method {self._method!r}"
+                    f"could not start the job's process with start method {method!r}"
                     f" ({type(e).__name__}: {e}); if the fork server died (a process or file"
                     " limit, or it was killed), the next submit starts a new one"
                 ) from e
@@ -787,10 +860,15 @@ def _check_args(args: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(args)
 
 
-def _ensure_forkserver() -> None:
-    """Start multiprocessing's fork server now if it is not running (a dead one is replaced)."""
+def _ensure_forkserver(context: BaseContext) -> None:
+    """Start multiprocessing's fork server now if it is not running (a dead one is replaced).
+
+    A server started here imports this module first, so that each job, a
+    fork of it, needs not import makejobs again: tens of milliseconds a job.
+    """
     from multiprocessing import forkserver
 
+    _forkserver.preload_in_forkserver(context, __name__)
     try:
         forkserver.ensure_running()
     except _START_ERRORS:

@@ -18,9 +18,13 @@ import itertools
 import os
 import re
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -444,6 +448,26 @@ def main():
 if __name__ == "__main__":
     main()
 """
+
+
+def test_the_default_start_method_forks_only_while_there_is_one_thread(tmp_path: Path) -> None:
+    # A fresh interpreter: this one may have threads of other tests.
+    script = tmp_path / "default_start_method.py"
+    script.write_text(textwrap.dedent(DEFAULT_START_METHOD))
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        env={**os.environ, "PYTHONPATH": str(Path(makejobs.__file__).parents[1])},
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
+
+
+def test_auto_by_name_nests() -> None:
+    with Jobserver("auto", slots=2) as js:
+        assert js.submit(recurse_on_no_slot, (js, 2)).result(timeout=PATIENCE) == 2
+        assert "'auto'" in repr(js)
 
 
 # -- 6. repr ------------------------------------------------------------------------------------
