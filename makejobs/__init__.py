@@ -5,7 +5,8 @@ Layers, lowest first (a module imports only from layers below it):
 * :mod:`makejobs.protocol`: parse and format ``MAKEFLAGS`` (pure, no I/O).
 * :mod:`makejobs.pool`: :class:`TokenPool`, join or create a token pool.
 * :mod:`makejobs.jobserver` and :mod:`makejobs.future`: :class:`Jobserver`,
-  one process per job on pool tokens, with :class:`Future` results.
+  one process per job on pool tokens, with :class:`Future` results;
+  :mod:`makejobs.waiting`: :func:`wait` and :func:`as_completed` for them.
 * :mod:`makejobs.executor`: :class:`JobserverExecutor`, a
   :mod:`concurrent.futures` executor whose running tasks hold pool tokens.
 * :mod:`makejobs.criteria`: admission criteria for ``sleep_fn``.
@@ -37,6 +38,13 @@ if TYPE_CHECKING:
     from .jobserver import Jobserver
     from .pool import Token, TokenPool, usable_cpus
     from .protocol import FifoAuth, MakeFlags, PipeAuth, format_makeflags, parse_makeflags
+    from .waiting import (
+        ALL_COMPLETED,
+        FIRST_COMPLETED,
+        FIRST_EXCEPTION,
+        as_completed,
+        wait,
+    )
 
 # Names are imported on first use (PEP 562): a spawned job that needs only the
 # pool and the child side must not pay for importing the executor and
@@ -62,6 +70,11 @@ _WHERE = {
     "PipeAuth": "protocol",
     "format_makeflags": "protocol",
     "parse_makeflags": "protocol",
+    "ALL_COMPLETED": "waiting",
+    "FIRST_COMPLETED": "waiting",
+    "FIRST_EXCEPTION": "waiting",
+    "as_completed": "waiting",
+    "wait": "waiting",
 }
 
 
@@ -81,6 +94,9 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "Blocked",
     "CallbackRaised",
     "FifoAuth",
@@ -99,7 +115,9 @@ __all__ = [
     "TokenPool",
     "Unavailable",
     "__version__",
+    "as_completed",
     "format_makeflags",
     "parse_makeflags",
     "usable_cpus",
+    "wait",
 ]

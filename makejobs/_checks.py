@@ -8,7 +8,7 @@ argument and what it was.
 
 from __future__ import annotations
 
-__all__ = ["check_count", "check_positive_number", "check_timeout"]
+__all__ = ["check_buffersize", "check_count", "check_positive_number", "check_timeout"]
 
 
 def check_timeout(timeout: object, name: str = "timeout") -> None:
@@ -39,3 +39,11 @@ def check_positive_number(value: object, name: str) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be a number greater than 0, not {value!r}")
     return float(value)
+
+
+def check_buffersize(buffersize: object) -> None:
+    """Refuse a *buffersize* that Python 3.14's ``Executor.map`` refuses, with its errors."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")

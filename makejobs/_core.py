@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .pool import Style, TokenPool
     from .protocol import FifoAuth, MakeFlags, PipeAuth
 
-__all__ = ["Core", "live_cores", "on_close", "return_held_everywhere"]
+__all__ = ["DROPPED_HANDLE", "Core", "live_cores", "on_close", "return_held_everywhere"]
 
 _splice = _posix._splice
 _NONBLOCK = _posix._SPLICE_F_NONBLOCK
@@ -51,6 +51,18 @@ class _Hold(weakref.ref):  # type: ignore[type-arg]
     escrow: Escrow
     handle: TokenPool
 
+
+class _DroppedHandle:
+    """Listed in :attr:`Core.orphans` by a handle collected while the lock was taken.
+
+    A handle's ``__del__`` may run inside any pool call (a garbage collection
+    triggered there): it must not wait for the lock this thread may hold.
+    """
+
+    __slots__ = ()
+
+
+DROPPED_HANDLE = _DroppedHandle()
 
 _live: weakref.WeakSet[Core] = weakref.WeakSet()
 _close_hooks: list[Callable[[TokenPool], None]] = []
@@ -125,7 +137,7 @@ class Core:
     free_tokens: list[Escrow]
     free_implicit: list[Escrow]
     holders: dict[Escrow, _Hold]
-    orphans: list[_Hold]
+    orphans: list[_Hold | _DroppedHandle]
 
     def __init__(
         self,
@@ -310,10 +322,19 @@ class Core:
 
         A dropped token's reference lands in :attr:`orphans` when it is
         collected; only one still listed for its escrow is a held slot (one
-        never listed, or released since, holds nothing).
+        never listed, or released since, holds nothing). A handle dropped
+        while the lock was taken is counted off here, and if it was the last
+        one the pool closes quietly, as :meth:`TokenPool.__del__` would have.
         """
         while self.orphans:
             hold = self.orphans.pop()
+            if hold is DROPPED_HANDLE:
+                self.handles -= 1
+                if self.handles == 0 and not self.closed:
+                    self.closed = True
+                    self.release_fds()
+                    return
+                continue
             escrow: Escrow | None = getattr(hold, "escrow", None)  # unset: never listed
             if escrow is None or self.holders.get(escrow) is not hold:
                 continue

@@ -28,6 +28,7 @@ import select
 import threading
 import weakref
 from collections import deque
+from collections.abc import Collection
 from typing import Any
 
 from . import _child, _forks, _posix
@@ -35,7 +36,7 @@ from .errors import CallbackRaised
 from .future import DONE, Future
 from .pool import Token, TokenPool
 
-__all__ = ["Engine", "live_engines", "running_jobs"]
+__all__ = ["Engine", "live_engines", "progress", "running_jobs"]
 
 _MAX_WAIT = (2**31 - 1) / 1000  # poll() takes int milliseconds
 _POLLIN = select.POLLIN
@@ -273,76 +274,30 @@ class Engine:
         if self.due:
             self.run_callbacks()
 
-    def progress(self, timeout: float | None, *, pool: bool = False) -> bool:
+    def progress(
+        self,
+        timeout: float | None,
+        *,
+        pool: bool = False,
+        waiting_for: Collection[Future[Any]] = (),
+    ) -> bool:
         """Wait up to *timeout* for any job to make progress (or, with *pool*, for
         the pool to look readable), then advance what is ready.
 
+        *waiting_for*: the futures the caller saw not done (see :func:`progress`).
         Returns True if the pool fd was reported readable.
         """
-        if self._generation != _forks.generation:
-            self._reset_after_fork()
-        if self.finishing:
-            self._finish_interrupted()
-        if timeout == 0 and not pool and not self.running:
-            return False
-        poller = select.poll()
-        register = poller.register
-        pool_fd = -1
-        if pool:
-            pool_fd = self.pool.fileno()
-            register(pool_fd, _POLLIN)
-        wake: _WakePipe | None = None
-        if timeout != 0:
-            wake = self._wake_pipe()
-            register(wake.r, _POLLIN)
-            # A waiter first, then the fds: whoever changes the set after our
-            # snapshot finds us among the waiters and wakes us.
-            self.waiters.add(wake.w)
-        stranded: list[Future[Any]] = []
-        try:
-            watched: dict[int, Future[Any]] = {}
-            for future in list(self.running):
-                fd = future._watch
-                if fd is not None:
-                    watched[fd] = future
-                    register(fd, _POLLIN)
-                elif future._state is DONE:
-                    # Done, but an interruption kept service() from moving it on.
-                    stranded.append(future)
-            if stranded:
-                ms = 0
-            elif timeout is None:
-                ms = -1
-            else:
-                ms = int(min(max(timeout, 0.0), _MAX_WAIT) * 1000 + 0.999)
-            events = poller.poll(ms)
-        finally:
-            if wake is not None:
-                self.waiters.discard(wake.w)
-        for future in stranded:
-            self.finishing[future] = None
-            self.running.pop(future, None)
-            self.finish(future)
-        pool_ready = False
-        for fd, _mask in events:
-            if wake is not None and fd == wake.r:
-                _drain_wake(fd)
-            elif fd == pool_fd:
-                pool_ready = True
-            else:
-                ready = watched.get(fd)
-                if ready is not None:
-                    self.service(ready)
-        return pool_ready
+        return progress((self,), timeout, self.pool if pool else None, waiting_for)
 
     def wait_all(self) -> None:
         self.own()
         while True:
             if self.finishing:
                 self._finish_interrupted()
-            if not self.running:
+            running = tuple(self.running)
+            if not running:
                 return
-            self.progress(None)
+            self.progress(None, waiting_for=running)
 
     # -- callbacks -------------------------------------------------------------------
 
@@ -390,6 +345,95 @@ class Engine:
         finally:
             self.local.in_callback = False
             self.callback_lock.release()
+
+
+def progress(
+    engines: tuple[Engine, ...],
+    timeout: float | None,
+    pool: TokenPool | None = None,
+    waiting_for: Collection[Future[Any]] = (),
+) -> bool:
+    """Wait up to *timeout* for any job of *engines* to make progress (or for
+    *pool* to look readable), then advance what is ready.
+
+    One poll() over the jobs of every engine given: a thread waiting for
+    futures of several Jobservers wakes for whichever finishes first. The
+    thread's wake pipe (of the first engine) is listed among every engine's
+    waiters, so a job registered or finished by another thread in any of
+    them wakes it too.
+
+    *waiting_for* are the futures whose completion the caller waits for, as
+    it last saw them: not done. Another thread may complete one after that
+    look but before this thread is listed as a waiter (so it is not woken)
+    and its fds snapshotted (so they are not watched); if one is done by
+    the time the fds are snapshotted, this returns without blocking.
+
+    Returns True if the pool fd was reported readable.
+    """
+    generation = _forks.generation
+    anything = False
+    for engine in engines:
+        if engine._generation != generation:
+            engine._reset_after_fork()
+        if engine.finishing:
+            engine._finish_interrupted()
+        if engine.running:
+            anything = True
+    if timeout == 0 and pool is None and not anything:
+        return False
+    poller = select.poll()
+    register = poller.register
+    pool_fd = -1
+    if pool is not None:
+        pool_fd = pool.fileno()
+        register(pool_fd, _POLLIN)
+    wake: _WakePipe | None = None
+    if timeout != 0:
+        wake = engines[0]._wake_pipe()
+        register(wake.r, _POLLIN)
+        # A waiter first, then the fds: whoever changes the set after our
+        # snapshot finds us among the waiters and wakes us.
+        for engine in engines:
+            engine.waiters.add(wake.w)
+    stranded: list[Future[Any]] = []
+    try:
+        watched: dict[int, Future[Any]] = {}
+        for engine in engines:
+            for future in list(engine.running):
+                fd = future._watch
+                if fd is not None:
+                    watched[fd] = future
+                    register(fd, _POLLIN)
+                elif future._state is DONE:
+                    # Done, but an interruption kept service() from moving it on.
+                    stranded.append(future)
+        if stranded or any(future._state is DONE for future in waiting_for):
+            ms = 0
+        elif timeout is None:
+            ms = -1
+        else:
+            ms = int(min(max(timeout, 0.0), _MAX_WAIT) * 1000 + 0.999)
+        events = poller.poll(ms)
+    finally:
+        if wake is not None:
+            for engine in engines:
+                engine.waiters.discard(wake.w)
+    for future in stranded:
+        engine = future._engine
+        engine.finishing[future] = None
+        engine.running.pop(future, None)
+        engine.finish(future)
+    pool_ready = False
+    for fd, _mask in events:
+        if wake is not None and fd == wake.r:
+            _drain_wake(fd)
+        elif fd == pool_fd:
+            pool_ready = True
+        else:
+            ready = watched.get(fd)
+            if ready is not None:
+                ready._engine.service(ready)
+    return pool_ready
 
 
 def _drain_wake(fd: int) -> None:

@@ -43,6 +43,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from . import _forkserver, _worker
+from ._checks import check_buffersize
 from ._forkserver import ForkServerFailed
 from ._manager import Manager
 from .jobserver import Jobserver, default_pool, usable_cpus
@@ -186,10 +187,7 @@ class JobserverExecutor(Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None and not isinstance(buffersize, int):
-            raise TypeError("buffersize must be an integer or None")
-        if buffersize is not None and buffersize < 1:
-            raise ValueError("buffersize must be None or > 0")
+        check_buffersize(buffersize)
         if chunksize == 1:
             return _map(self, fn, zip(*iterables), timeout, buffersize)
         chunks = ((fn, chunk) for chunk in _chunks(zip(*iterables), chunksize))

@@ -21,6 +21,7 @@ when the pool has a single slot.
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 import signal as _signal
 import threading
@@ -274,8 +275,13 @@ class Future(Generic[T]):
         """
         return self.wait(timeout)
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def wait(self, timeout: float | None = None, *, signal: int | None = None) -> bool:
         """Wait until the job has finished, at most *timeout* seconds (None: forever).
+
+        With *signal*, first send it to the job's process, as :meth:`kill`
+        does (only if the process has not been reaped yet): ``wait(1,
+        signal=SIGTERM)`` asks the job to stop and gives it a second. The
+        signal need not end the job (``SIGUSR1``, ``SIGSTOP``, ``SIGCONT``).
 
         Returns:
             True if the job is done (``result(0)`` will not block), False if
@@ -283,13 +289,20 @@ class Future(Generic[T]):
 
         Raises:
             CallbackRaised: a ``when_done`` callback (of any future) raised.
+            OSError: *signal* is not a valid signal number (``EINVAL``, as
+                :func:`os.kill` says), whether or not the job is done.
         """
         engine = self._engine
         engine.own()  # in a forked child, the parent's running jobs are abandoned first
         self._check_owned()
+        if signal is not None:
+            signum = _check_signal(signal)
+            check_timeout(timeout)  # a bad timeout sends nothing
+            with self._lock:
+                self._process.kill(signum)
         if timeout is None:
             while self._state is not DONE:
-                engine.progress(None)
+                engine.progress(None, waiting_for=(self,))
         else:
             check_timeout(timeout)
             deadline = monotonic() + timeout
@@ -298,7 +311,7 @@ class Future(Generic[T]):
                 if remaining <= 0:
                     engine.reclaim()
                     break
-                engine.progress(remaining)
+                engine.progress(remaining, waiting_for=(self,))
         engine.run_callbacks()
         return self._state is DONE
 
@@ -317,7 +330,7 @@ class Future(Generic[T]):
             engine.own()  # in a forked child, the parent's running jobs are abandoned first
             self._check_owned()
             while self._state is not DONE:
-                engine.progress(None)
+                engine.progress(None, waiting_for=(self,))
             engine.run_callbacks()
         elif not self.wait(timeout):
             raise Blocked(f"job process {self.pid} did not finish within {timeout} s")
@@ -375,14 +388,45 @@ class Future(Generic[T]):
 
         The future then completes as usual: with the result if the job still
         delivered one, else :class:`~makejobs.errors.SubmissionDied`.
+
+        Raises:
+            OSError: *signum* is not a valid signal number (``EINVAL``).
         """
+        signum = _check_signal(signum)
         self._engine.own()  # in a forked child: the parent's job is abandoned first
         self._check_owned()
         with self._lock:
             self._process.kill(signum)
 
     def __repr__(self) -> str:
-        return f"<Future {self._state} pid={self.pid} callbacks={len(self._callbacks)}>"
+        # State, then what is known: the exit code once reaped, the outcome once
+        # decoded (in the words of concurrent.futures' repr), and how many
+        # callbacks have yet to run.
+        process = self._process
+        parts = [f"<Future {self._state} pid={process.pid}"]
+        if process.exitcode is not None:
+            parts.append(f"exitcode={process.exitcode}")
+        outcome = self._outcome
+        if outcome is not None:
+            kind, payload = outcome
+            if kind == _child.OK:
+                parts.append(f"returned {type(payload).__name__}")
+            elif kind == _child.RAISED:
+                parts.append(f"raised {type(payload[0]).__name__}")
+            else:
+                parts.append("died")
+        parts.append(f"callbacks={len(self._callbacks) - self._next_callback}>")
+        return " ".join(parts)
+
+    @property
+    def _condition(self) -> Any:
+        # What concurrent.futures.wait() and as_completed() look for first: say
+        # why they cannot work here, instead of a bare AttributeError.
+        raise AttributeError(
+            "concurrent.futures.wait() and as_completed() need a background thread"
+            " to complete futures, and a Jobserver has none: use makejobs.wait()"
+            " and makejobs.as_completed(), which do the same for Jobserver futures"
+        )
 
     def __copy__(self) -> Future[T]:
         raise TypeError("a Future cannot be copied")
@@ -576,3 +620,13 @@ def _submission_died(process: _Process | _MultiprocessingProcess, payload: Any) 
         exitcode=process.exitcode,
     )
     return _child.attach_traceback(error, text)  # type: ignore[return-value]
+
+
+def _check_signal(signum: object) -> int:
+    """*signum* as an int, or the error os.kill would give for it (also for a done job)."""
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise TypeError(f"signal must be a signal number or None, not {signum!r}")
+    # 0 sends nothing, only checks that the process exists, as for os.kill.
+    if signum != 0 and signum not in _signal.valid_signals():
+        raise OSError(errno.EINVAL, f"{signum} is not a valid signal number")
+    return int(signum)

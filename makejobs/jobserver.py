@@ -30,21 +30,22 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from multiprocessing.context import BaseContext
 from time import monotonic
 from typing import Any, TypeVar, Union
 
-from . import _child, _posix, guardian
-from ._checks import check_count, check_timeout
+from . import _child, _forkserver, _posix, guardian
+from ._checks import check_buffersize, check_count, check_timeout
 from ._engine import Engine
 from .errors import Blocked, CallbackRaised, JobserverUnavailable, JobStartFailed
 from .future import Future, _MultiprocessingProcess, _Process
 from .pool import Token, TokenPool, join_or_create, usable_cpus
 
-__all__ = ["EnvLike", "Jobserver", "SleepFn", "default_pool", "usable_cpus"]
+__all__ = ["AUTO", "EnvLike", "Jobserver", "SleepFn", "default_pool", "threads", "usable_cpus"]
 
 T = TypeVar("T")
 
@@ -84,14 +85,51 @@ def _normalize_env(env: EnvLike | None) -> _child.Env:
     return tuple(result)
 
 
-def _resolve_context(context: BaseContext | str | None) -> BaseContext:
+#: The start method that forks while the process has one thread, else uses the fork server.
+AUTO = "auto"
+
+
+def _resolve_context(context: BaseContext | str | None) -> BaseContext | None:
+    """The context *context* names, or None for :data:`AUTO`."""
     if context is None:
-        return multiprocessing.get_context()
+        return None if _auto_by_default() else multiprocessing.get_context()
+    if context == AUTO:
+        if not _auto_possible():
+            raise ValueError("the 'auto' start method needs both fork and forkserver")
+        return None
     if isinstance(context, str):
         return multiprocessing.get_context(context)
     if isinstance(context, BaseContext):
         return context
     raise TypeError(f"context must be None, a start method name or a context, not {context!r}")
+
+
+def _auto_possible() -> bool:
+    methods = multiprocessing.get_all_start_methods()
+    return "fork" in methods and "forkserver" in methods
+
+
+def _auto_by_default() -> bool:
+    """Whether a Jobserver without a context uses :data:`AUTO`.
+
+    Where the platform's default start method is fork or forkserver (Linux
+    and the BSDs, not macOS, where forking is unsafe even with one thread),
+    unless :func:`multiprocessing.set_start_method` chose another method
+    (one equal to the platform's default cannot be told from it).
+    """
+    default = multiprocessing.get_all_start_methods()[0]  # the first is the default
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    return default in ("fork", "forkserver") and chosen in (None, default) and _auto_possible()
+
+
+def threads() -> int:
+    """How many threads this process has, counted as CPython counts them when it
+    decides whether to warn that fork() may deadlock: the kernel's count on
+    Linux (C threads included), else the threading module's."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def _check_sleep_result(value: object) -> float | None:
@@ -142,7 +180,16 @@ class Jobserver:
 
     Args:
         context: a :mod:`multiprocessing` start method name (``"fork"``,
-            ``"forkserver"``, ``"spawn"``), a context, or None for the default.
+            ``"forkserver"``, ``"spawn"``), a context, ``"auto"``, or None for
+            the default. The default, where the platform's is fork or
+            forkserver (Linux, the BSDs; not macOS) and
+            :func:`multiprocessing.set_start_method` did not choose another,
+            is ``"auto"``: each job is forked while this process has a single
+            thread (about 2 ms a job), and started by the fork server
+            otherwise (about 10-20 ms, and the job and its arguments must
+            pickle), because forking a process with threads may deadlock the
+            child (Python 3.12+ warns about it; makejobs never makes it warn).
+            Elsewhere, multiprocessing's default.
         slots: None to join the pool advertised by the environment (``make``,
             ``ninja``, ``cargo``, ``makejobs serve``), or, when there is none,
             to create a private pool sized to the usable CPUs. When a pool is
@@ -174,8 +221,10 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None = None,
         sleep_fn: SleepFn | None = None,
     ) -> None:
-        self._context = _resolve_context(context)
-        self._method = self._context.get_start_method()
+        resolved = _resolve_context(context)
+        # With AUTO, _context is None: each job picks its own (see _start_method).
+        self._context = resolved
+        self._method = AUTO if resolved is None else resolved.get_start_method()
         if pool is not None and slots is not None:
             raise ValueError("give slots or pool, not both")
         if preexec_fn is not None and not callable(preexec_fn):
@@ -207,8 +256,21 @@ class Jobserver:
 
     @property
     def context(self) -> BaseContext:
-        """The multiprocessing context (start method) jobs are started with."""
-        return self._context
+        """The multiprocessing context (start method) the next job starts with.
+
+        With the ``"auto"`` start method: the fork context while this process
+        has one thread, else the forkserver context.
+        """
+        return self._start_method()[1]
+
+    def _start_method(self) -> tuple[str, BaseContext]:
+        """The start method and context of the job about to start."""
+        context = self._context
+        if context is not None:
+            return self._method, context
+        # One thread (this one) means no other can start one before the fork.
+        method = "fork" if threads() == 1 else "forkserver"
+        return method, multiprocessing.get_context(method)
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -223,6 +285,7 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None = None,
         sleep_fn: SleepFn | None = None,
         timeout: float | None = None,
+        callbacks: bool = True,
     ) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a new process once a slot is free.
 
@@ -232,6 +295,10 @@ class Jobserver:
             env, preexec_fn, sleep_fn: override (env: extend) the Jobserver's.
             timeout: None waits for a slot forever, 0 never blocks, a number is
                 a deadline covering admission and every retry.
+            callbacks: False runs no ``when_done`` callbacks in this call (so
+                it cannot raise CallbackRaised); they run in the next call
+                that does. Finished jobs are reaped and their slots come back
+                either way.
 
         Raises:
             Blocked: no slot (or no admission) before the deadline.
@@ -262,6 +329,8 @@ class Jobserver:
             )
         if timeout is not None:
             check_timeout(timeout)
+        if callbacks is not True and callbacks is not False:
+            raise TypeError(f"callbacks must be True or False, not {callbacks!r}")
         if self._closed:
             raise RuntimeError("the Jobserver is closed")
         job_env = self._env if env is None else self._env + _normalize_env(env)
@@ -269,14 +338,21 @@ class Jobserver:
         admit = sleep_fn if sleep_fn is not None else self._sleep_fn
         tokens: list[Token] = []
         try:
-            if admit is None and consume == 1:
-                self._engine.settle()
-                token = self._pool.try_acquire()
-                if token is not None:
-                    tokens.append(token)
+            if consume == 0 or (consume == 1 and admit is None):
+                # Settle first, as every call does. This also makes the engine
+                # this process's: in a forked job it is the parent's until then,
+                # its locks included (consume=0 never gets to _admit).
+                if callbacks:
+                    self._engine.settle()
+                else:
+                    self._engine.reclaim()
+                if consume:
+                    token = self._pool.try_acquire()
+                    if token is not None:
+                        tokens.append(token)
             if len(tokens) < consume:
                 deadline = None if timeout is None else monotonic() + timeout
-                self._admit(tokens, consume, admit, deadline, timeout)
+                self._admit(tokens, consume, admit, deadline, timeout, callbacks)
             return self._launch(fn, args, kwargs, job_env, preexec, tokens)
         except BaseException:
             # Until a registered job holds them, the tokens are ours to give back;
@@ -298,6 +374,7 @@ class Jobserver:
         sleep_fn: SleepFn | None,
         deadline: float | None,
         timeout: float | None,
+        callbacks: bool = True,
     ) -> None:
         """Fill *tokens* with *consume* slots, all at once, waiting as allowed.
 
@@ -310,7 +387,8 @@ class Jobserver:
         pool = self._pool
         while True:
             engine.reclaim()
-            engine.run_callbacks()
+            if callbacks:
+                engine.run_callbacks()
             if self._closed:
                 raise RuntimeError("the Jobserver is closed")
             delay = None
@@ -377,14 +455,15 @@ class Jobserver:
         # The guardian first: a forked job inherits the write end of its life
         # pipe, which is how the guardian knows the job outlived us (if ever).
         life = guardian.life_fd()
-        if self._method == "fork":
+        method, context = self._start_method()
+        if method == "fork":
             return self._fork(fn, args, kwargs, env, preexec_fn, tokens)
         engine = self._engine
         exports, _encoded = self._exports()
-        if self._method == "forkserver":
+        if method == "forkserver":
             # Started here, outside the section below: a process inherits the
             # signal mask, and the fork server passes it on to every job.
-            _ensure_forkserver()
+            _ensure_forkserver(context)
         old = _sigmask(_SIG_BLOCK, ())
         r = w = m = -1
         process: _MultiprocessingProcess | None = None
@@ -398,7 +477,9 @@ class Jobserver:
             with engine.spawn_lock:
                 if self._closed:
                     raise RuntimeError("the Jobserver is closed")
-                process = self._start(w, m, life, old, fn, args, kwargs, env, preexec_fn, exports)
+                process = self._start(
+                    context, w, m, life, old, fn, args, kwargs, env, preexec_fn, exports
+                )
                 # Close our copy of the write end before any other job starts,
                 # so end-of-file means exactly "this job's process is done".
                 os.close(w)
@@ -504,6 +585,7 @@ class Jobserver:
 
     def _start(
         self,
+        context: BaseContext,
         w: int,
         memfd: int,
         life: int,
@@ -516,8 +598,9 @@ class Jobserver:
         exports: _child.Exports,
     ) -> _MultiprocessingProcess:
         """Start the job through multiprocessing; a dead fork server is restarted once."""
+        method = context.get_start_method()
         for attempt in (1, 2):
-            process = self._context.Process(  # type: ignore[attr-defined]
+            process = context.Process(  # type: ignore[attr-defined]
                 target=_child.spawned_main,
                 args=(
                     _child.ResultFd(w),
@@ -548,17 +631,24 @@ class Jobserver:
                     e,
                     (pickle.PicklingError, AttributeError, TypeError, ValueError, RecursionError),
                 ):
+                    why = ""
+                    if self._method == AUTO:
+                        why = (
+                            f" (the default start method forks only while the process has"
+                            f" one thread; it has {threads()}: pass context='fork' to fork"
+                            " anyway)"
+                        )
                     raise TypeError(
                         f"the job or its arguments cannot be pickled for start method"
-                        f" {self._method!r}: {e}"
+                        f" {method!r}: {e}{why}"
                     ) from e
                 if not isinstance(e, _START_ERRORS):
                     raise
-                if attempt == 1 and self._method == "forkserver":
+                if attempt == 1 and method == "forkserver":
                     _forget_dead_forkserver()
                     continue
                 raise JobStartFailed(
-                    f"could not start the job's process with start method {self._method!r}"
+                    f"could not start the job's process with start method {method!r}"
                     f" ({type(e).__name__}: {e}); if the fork server died (a process or file"
                     " limit, or it was killed), the next submit starts a new one"
                 ) from e
@@ -572,6 +662,7 @@ class Jobserver:
         *,
         chunksize: int = 1,
         timeout: float | None = None,
+        buffersize: int | None = None,
         consume: int = 1,
         env: EnvLike | None = None,
         preexec_fn: Callable[[], Any] | None = None,
@@ -579,21 +670,40 @@ class Jobserver:
     ) -> Iterator[T]:
         """Yield ``fn(*args, **kwargs)`` per call in *argses* / *kwargses*, in order.
 
-        Calls are grouped *chunksize* to a job. Inputs are consumed lazily; as
-        many chunks run at once as the pool allows. *timeout* is a deadline
-        measured from this call: past it the iterator raises Blocked. The first
-        exception raised by a call is re-raised at its position.
+        Calls are grouped *chunksize* to a job. Inputs are consumed lazily,
+        from the first ``next()`` on; as many chunks run at once as the pool
+        allows, or, with *buffersize* (Python 3.14's ``Executor.map``
+        semantics), at most *buffersize* chunks beyond the one whose results
+        are awaited: no more results are computed ahead of the consumer, and
+        the inputs are read no further, so they may be endless. *timeout* is
+        a deadline measured from this call: past it the iterator raises
+        Blocked. The first exception raised by a call is re-raised at its
+        position, after the results before it.
+
+        Raises:
+            ValueError: *chunksize* or *buffersize* below 1, or *argses* and
+                *kwargses* of different lengths (at once when both have a
+                length, else when the shorter runs out).
+            TypeError: *buffersize* not an int; a mapping given where an
+                iterable of calls belongs.
         """
         check_count(chunksize, "chunksize", 1)
-        if argses is None and kwargses is None:
-            raise TypeError("map needs argses, kwargses or both")
+        check_buffersize(buffersize)
         if isinstance(argses, Mapping) or isinstance(kwargses, Mapping):
             raise TypeError("argses and kwargses must be iterables of calls, not a mapping")
+        lengths = (_length(argses), _length(kwargses))
+        if None not in lengths and lengths[0] != lengths[1]:
+            raise ValueError(
+                f"argses and kwargses have different lengths ({lengths[0]} and {lengths[1]})"
+            )
         check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
-        calls = _zip_calls(argses, kwargses)
+        calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]] = iter(())
+        if argses is not None or kwargses is not None:
+            calls = _zip_calls(argses, kwargses)
+        # else no inputs at all: no calls, as with Executor.map(fn) and PyPI jobserver's map(fn).
         options = dict(consume=consume, env=env, preexec_fn=preexec_fn, sleep_fn=sleep_fn)
-        return self._map(fn, calls, chunksize, deadline, timeout, options)
+        return self._map(fn, calls, chunksize, deadline, timeout, buffersize, options)
 
     def _map(
         self,
@@ -602,13 +712,16 @@ class Jobserver:
         chunksize: int,
         deadline: float | None,
         timeout: float | None,
+        buffersize: int | None,
         options: dict[str, Any],
     ) -> Iterator[T]:
         inflight: deque[Future[_ChunkResult]] = deque()
         pending: list[tuple[tuple[Any, ...], dict[str, Any]]] | None = None
         exhausted = False
+        # With a buffersize, the chunk awaited next plus that many more.
+        most = None if buffersize is None else buffersize + 1
         while True:
-            while not exhausted:
+            while not exhausted and (most is None or len(inflight) < most):
                 if pending is None:
                     pending = [call for _, call in zip(range(chunksize), calls)]
                     if not pending:
@@ -733,6 +846,10 @@ def _run_chunk(
     return values, None
 
 
+def _length(inputs: object) -> int | None:
+    return len(inputs) if isinstance(inputs, Sized) else None
+
+
 def _check_args(args: Iterable[Any]) -> tuple[Any, ...]:
     """*args* as a tuple, refusing what is surely a mistake (a str is not a list of arguments)."""
     if isinstance(args, tuple):
@@ -772,10 +889,15 @@ def _stop_unknown_job(r: int, w: int) -> None:
     poller.poll(5000)  # until the pipe hangs up: the job is gone
 
 
-def _ensure_forkserver() -> None:
-    """Start multiprocessing's fork server now if it is not running (a dead one is replaced)."""
+def _ensure_forkserver(context: BaseContext) -> None:
+    """Start multiprocessing's fork server now if it is not running (a dead one is replaced).
+
+    A server started here imports this module first, so that each job, a
+    fork of it, needs not import makejobs again: tens of milliseconds a job.
+    """
     from multiprocessing import forkserver
 
+    _forkserver.preload_in_forkserver(context, __name__)
     try:
         forkserver.ensure_running()
     except _START_ERRORS:

@@ -49,7 +49,7 @@ from time import monotonic
 from . import _advertised, _forks, _opening, _posix
 from ._advertised import Advertised
 from ._checks import check_count, check_timeout
-from ._core import Core, forget, identical, live_cores
+from ._core import DROPPED_HANDLE, Core, forget, identical, live_cores
 from ._posix import usable_cpus
 from .errors import Blocked, JobserverUnavailable, PoolBroken, Unavailable
 from .ledger import LEDGER_VARIABLE, Ledger
@@ -709,14 +709,22 @@ class TokenPool:
         # Dropped without close(): its tokens go back when their Tokens are
         # collected; the pool closes (quietly) with its last handle.
         self._closed = True
-        if core.generation == _forks.generation:
-            with contextlib.suppress(Exception):
-                with core.lock:
-                    core.handles -= 1
-                    last = core.handles == 0
-                if last and not core.closed:
+        if core.generation != _forks.generation:
+            return
+        # This may run inside a pool call of this very thread (a collection
+        # triggered there), so it must not wait for the lock: if the lock is
+        # taken, the pool counts the handle off at its next call.
+        if not core.lock.acquire(blocking=False):
+            core.orphans.append(DROPPED_HANDLE)
+            return
+        try:
+            with contextlib.suppress(Exception):  # nothing to tell from a finalizer
+                core.handles -= 1
+                if core.handles == 0 and not core.closed:
                     core.closed = True
                     core.release_fds()
+        finally:
+            core.lock.release()
 
     def __repr__(self) -> str:
         core = self._core

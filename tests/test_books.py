@@ -523,3 +523,39 @@ def test_args_that_are_no_list_of_arguments_are_a_type_error(args: Any) -> None:
             js.submit(identity, args)
         assert js.pool.implicit_free and js.pool.available() == 1
         assert js.submit(identity, ["ok"]).result(timeout=60) == "ok"
+
+
+# -- a handle collected inside a pool call ------------------------------------------------------
+
+
+def test_handle_dropped_while_its_pool_is_locked_is_counted_off_later() -> None:
+    # A garbage collection inside a pool call may finalize another handle of
+    # the same pool in the thread that holds the pool's lock: the finalizer
+    # must not wait for that lock (it used to: a job hung at exit).
+    pool = TokenPool.create(2)
+    core = pool._core
+    other = copy.copy(pool)
+    assert core.handles == 2
+    with core.lock:
+        del other  # finalized here, with the lock taken
+        assert core.handles == 2 and core.orphans
+    token = pool.acquire()  # the next call counts it off
+    assert core.handles == 1 and not core.orphans
+    pool.release(token)
+    assert pool.close() == 1
+
+
+def test_last_handle_dropped_while_locked_closes_the_pool_at_the_next_settle() -> None:
+    pool = TokenPool.create(2)
+    core = pool._core
+    reader = core.reader
+    last = copy.copy(pool)
+    pool.close()  # not the last handle: the pool stays open
+    assert not core.closed and core.handles == 1
+    with core.lock:
+        del last
+        assert not core.closed
+        core.settle_orphans()
+    assert core.closed and core.handles == 0
+    with pytest.raises(OSError):
+        os.fstat(reader)

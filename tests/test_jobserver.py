@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import gc
 import math
-import multiprocessing
 import os
 import pickle
 import signal
@@ -621,11 +620,6 @@ def test_slots_none_without_a_pool_uses_the_cpus(monkeypatch: pytest.MonkeyPatch
         warnings.simplefilter("error")
         with Jobserver(FAST) as js:
             assert js.pool.slots == len(os.sched_getaffinity(0))
-
-
-def test_default_context_is_multiprocessing_default() -> None:
-    with Jobserver(slots=1) as js:
-        assert js.context.get_start_method() == multiprocessing.get_start_method()
 
 
 def job_joins_twice() -> tuple[bool, bool]:

@@ -41,9 +41,9 @@ LAYERS: list[set[str]] = [
         "relay",
     },
     # Jobserver and Future: one process per job
-    {"_child", "future", "_engine", "_job", "jobserver", "criteria", "waiting"},
+    {"_child", "future", "_engine", "_job", "_forkserver", "jobserver", "criteria", "waiting"},
     # the concurrent.futures executor
-    {"_frames", "_worker", "_worker_handle", "_forkserver", "_manager", "executor"},
+    {"_frames", "_worker", "_worker_handle", "_manager", "executor"},
     # front ends: the command line and the plugins
     {"__init__", "__main__", "cli", "pytest_plugin", "setuptools", "_pytest_slots"},
 ]
