@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+
 import pytest
 
 from makejobs import guardian
@@ -17,3 +20,17 @@ def _guardian_started_first() -> None:
     of the before/after comparisons of the tests that check for leaks.
     """
     guardian.current()
+
+
+@pytest.fixture(autouse=True)
+def _signal_mask_restored() -> Iterator[None]:
+    """Give every test the signal mask the one before it started with.
+
+    A process's mask is inherited by every child it starts. The tests that raise an
+    exception at every line of makejobs' critical sections also raise it on the line that
+    unblocks SIGINT and SIGTERM; left as it is, the mask would block them in every later
+    test's jobs and commands, whose SIGTERM would then do nothing.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
