@@ -29,6 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "integration"))
+sys.path.insert(0, str(REPO / "tests"))  # spans.py
 
 from benchmarks._common import environment, fmt, write_json  # noqa: E402
 from peers import clean_environ, find_peer  # noqa: E402
