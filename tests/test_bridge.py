@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import textwrap
@@ -155,7 +156,11 @@ def test_without_proc_a_relay_carries_the_pipe_pool(
     monkeypatch.setattr(advertise, "_PROC", str(tmp_path / "no-proc"))
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", clean_env()["PYTHONPATH"])
-    (tmp_path / "ninja").symlink_to(PY)  # a Python named ninja: auto prefers a fifo
+    # A Python named ninja: auto prefers a fifo. A script, not a symlink: Python started
+    # through a symlink outside its venv does not find the venv (nor an installed makejobs).
+    ninja = tmp_path / "ninja"
+    ninja.write_text(f'#!/bin/sh\nexec {shlex.quote(PY)} "$@"\n')
+    ninja.chmod(0o755)
     pool = TokenPool.create(3)
     monkeypatch.setenv("MAKEFLAGS", pool.makeflags())
     status = cli.main(["bridge", "-v", "--style", style, "--", "ninja", "-c", PATIENT])
