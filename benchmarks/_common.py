@@ -1,9 +1,18 @@
-"""What every benchmark script shares: number formatting and its ``--json`` document.
+"""What every benchmark script shares: its command line, its report and ``--json`` document.
 
 Each script runs on its own (``python benchmarks/NAME.py``) and is imported by
 ``harness.py``; both put the repository root on ``sys.path`` first, so this
 module is ``benchmarks._common``. Only the standard library is imported here:
 ``scheduling.py`` re-imports its own file in every Python recipe.
+
+A script's ``main()`` is::
+
+    parser = command_line(__doc__, quick="about 3 s instead of 20 s")
+    ...  # the script's own options
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    rows = run(args.quick, ...)
+    return report(args, "name", rows, time.monotonic() - started, to_markdown(rows), ...)
 """
 
 from __future__ import annotations
@@ -11,9 +20,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["environment", "fmt", "write_json"]
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["command_line", "environment", "fmt", "report", "write_json"]
 
 
 def fmt(value: float | None, spec: str, suffix: str = "", *, missing: str = "n/a") -> str:
@@ -58,3 +70,52 @@ def write_json(
     }
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(doc, indent=2) + "\n")
+
+
+def command_line(doc: str | None, quick: str) -> argparse.ArgumentParser:
+    """A parser with the options every script takes: ``--quick`` and ``--json FILE``.
+
+    Its description is the first paragraph of *doc* (the script's docstring); *quick*
+    says what ``--quick`` runs instead (its help).
+    """
+    import argparse  # here: the recipes that import this module never parse a command line
+
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    return parser
+
+
+def report(
+    args: argparse.Namespace,
+    benchmark: str,
+    rows: list[dict[str, Any]],
+    seconds: float,
+    text: str,
+    *,
+    facts: dict[str, Any] | None = None,
+    **fields: Any,
+) -> int:
+    """The end of every script's ``main()``; returns its exit status, 0.
+
+    Prints *text* (the table, and whatever the script says about it) and one line on the
+    run: how long it took, on how many CPUs, with which Python. With ``--json FILE``,
+    also writes the run to FILE (see :func:`write_json`): :func:`environment` with the
+    script's own *facts*, and the script's *fields* (its baseline, its target).
+    """
+    print(text)
+    print(
+        f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()},"
+        f" {platform.platform()})"
+    )
+    if args.json:
+        write_json(
+            args.json,
+            benchmark,
+            quick=args.quick,
+            seconds=seconds,
+            rows=rows,
+            environment=environment(**(facts or {})),
+            **fields,
+        )
+    return 0

@@ -16,7 +16,6 @@ client's jobs (first start to last end, from their spans), the peak of overlappi
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -29,8 +28,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "integration"))
+sys.path.insert(0, str(REPO / "tests"))  # spans.py
 
-from benchmarks._common import environment, fmt, write_json  # noqa: E402
+from benchmarks._common import command_line, fmt, report  # noqa: E402
 from peers import clean_environ, find_peer  # noqa: E402
 from spans import peak_overlap, read_spans  # noqa: E402
 
@@ -100,24 +100,19 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer jobs and rounds")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    args = parser.parse_args(argv)
+    args = command_line(__doc__, quick="fewer jobs and rounds").parse_args(argv)
     started = time.monotonic()
     rows = run(args.quick)
-    print(table(rows))
-    if args.json:
-        write_json(
-            args.json,
-            "bridge_relay",
-            quick=args.quick,
-            seconds=time.monotonic() - started,
-            rows=rows,
-            environment=environment(cwd=os.getcwd()),
-            baseline="proc",
-        )
-    return 0
+    seconds = time.monotonic() - started
+    return report(
+        args,
+        "bridge_relay",
+        rows,
+        seconds,
+        table(rows),
+        facts={"cwd": os.getcwd()},
+        baseline="proc",
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ until it has exited, with its standard output and error going to one temporary
 file (as on a terminal or in a CI log). Rounds are interleaved:
 each round runs every contender once per workload and N, in an order rotated
 from round to round; the table gives the median over rounds of the makespan and
-of its ratio to the ``make 4.3`` run of the same round. The issue's target:
+of its ratio to the ``make 4.3`` run of the same round. The target:
 ``makejobs run`` at most 1.1x ``make -jN``.
 
 ``--rss`` measures something else: the peak resident memory of ``makejobs run``
@@ -54,11 +54,9 @@ A combined harness imports :func:`run` (rows as dicts) and :func:`to_markdown`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -74,7 +72,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from benchmarks._common import environment, fmt, write_json  # noqa: E402
+from benchmarks._common import command_line, fmt, report  # noqa: E402
 
 __all__ = [
     "BASELINE",
@@ -101,7 +99,7 @@ CONTENDERS = (
     "python Popen loop",
     "python posix_spawn loop",
 )
-#: The issue's goal: makejobs run's makespan is at most this many make -jN makespans.
+#: The goal: makejobs run's makespan is at most this many make -jN makespans.
 TARGET_RATIO = 1.1
 #: Command lines per workload.
 COMMANDS = 500
@@ -560,9 +558,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds at N=2 (about 20 s)")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser = command_line(__doc__, quick="3 rounds at N=2 (about 20 s)")
     parser.add_argument("--jobs", default=None, help="comma-separated N values (default 2,4)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--commands", type=int, default=COMMANDS, help="lines per workload")
@@ -593,20 +589,16 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     seconds = time.monotonic() - started
-    print(to_markdown(rows))
-    print(f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()})")
-    if args.json:
-        write_json(
-            args.json,
-            "command_runner",
-            quick=args.quick,
-            seconds=seconds,
-            rows=rows,
-            environment=environment(makes={k: v[1] for k, v in find_makes().items()}),
-            baseline=BASELINE,
-            target_ratio=TARGET_RATIO,
-        )
-    return 0
+    return report(
+        args,
+        "command_runner",
+        rows,
+        seconds,
+        to_markdown(rows),
+        facts={"makes": {k: v[1] for k, v in find_makes().items()}},
+        baseline=BASELINE,
+        target_ratio=TARGET_RATIO,
+    )
 
 
 if __name__ == "__main__":

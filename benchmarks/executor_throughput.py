@@ -32,7 +32,7 @@ Samples are interleaved: each round runs one sample of every contender for
 every mode, in an order rotated from round to round, so drift in machine speed
 hits all rows alike. The table shows per row the median over rounds of
 microseconds per task and the median over rounds of its ratio to the
-ProcessPoolExecutor sample of the same mode in the same round. The issue's
+ProcessPoolExecutor sample of the same mode in the same round. The
 target: makejobs at most 1.2x ProcessPoolExecutor per task, and far ahead of
 jobserver 3.0.1.
 
@@ -41,12 +41,8 @@ A combined harness imports :func:`run` (rows as dicts) and :func:`to_markdown`.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import time
@@ -61,6 +57,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from benchmarks._common import command_line, report  # noqa: E402
+
 __all__ = ["BASELINE", "CONTENDERS", "MODES", "TARGET_RATIO", "main", "run", "to_markdown"]
 
 #: The contender every ratio is taken against.
@@ -68,7 +66,7 @@ BASELINE = "ProcessPoolExecutor"
 #: Row order in the table.
 CONTENDERS = ("ProcessPoolExecutor", "loky", "makejobs", "jobserver 3.0.1")
 MODES = ("submit", "map", "1MB")
-#: The issue's goal: makejobs costs at most this many ProcessPoolExecutor tasks.
+#: The goal: makejobs costs at most this many ProcessPoolExecutor tasks.
 TARGET_RATIO = 1.2
 WORKERS = 2
 CHUNKSIZE = 100
@@ -288,20 +286,8 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _environment(context: str) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "context": context,
-        "workers": WORKERS,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="about 10 s instead of a minute")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser = command_line(__doc__, quick="about 10 s instead of a minute")
     parser.add_argument("-n", type=int, default=None, help="tasks per sample for every row")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument(
@@ -320,22 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     seconds = time.monotonic() - started
-    print(to_markdown(rows))
-    print()
-    for line in verdicts(rows):
-        print(line)
-    if args.json:
-        doc = {
-            "benchmark": "executor_throughput",
-            "quick": args.quick,
-            "baseline": BASELINE,
-            "target_ratio": TARGET_RATIO,
-            "seconds": seconds,
-            "environment": _environment(args.context),
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return report(
+        args,
+        "executor_throughput",
+        rows,
+        seconds,
+        "\n".join([to_markdown(rows), "", *verdicts(rows)]),
+        facts={"context": args.context, "workers": WORKERS},
+        baseline=BASELINE,
+        target_ratio=TARGET_RATIO,
+    )
 
 
 if __name__ == "__main__":

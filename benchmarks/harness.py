@@ -411,7 +411,7 @@ _TARGETS: dict[str, Callable[[list[dict[str, Any]], dict[str, Any]], list[dict[s
 
 
 def targets(key: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets of section *key*, checked against its rows."""
+    """The targets of section *key*, checked against its rows."""
     number = [s.key for s in SECTIONS].index(key) + 1
     if doc.get("error"):
         return [_target(number, f"{_BY_KEY[key].title}: not measured", "", doc["error"], None)]
@@ -754,9 +754,7 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> str:
             )
     for ax in list(axes.flat)[len(keys) :]:
         ax.set_axis_off()
-    fig.suptitle(
-        "makejobs benchmarks (orange: makejobs; red line: the issue's target)", fontsize=11
-    )
+    fig.suptitle("makejobs benchmarks (orange: makejobs; red line: the target)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

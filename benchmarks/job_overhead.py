@@ -49,7 +49,7 @@ The table shows, per row, the median over rounds of ms per job, the median
 over rounds of its ratio to the mean of its two bracketing raw samples, and
 the median over rounds of its ratio to the ``jobserver 3.0.1`` sample of the
 same start method and mode in the same round (``serial`` for the raw and
-``multiprocessing`` rows). The issue's targets, with fork: makejobs at most
+``multiprocessing`` rows). The targets, with fork: makejobs at most
 1.5x raw fork+waitpid, and at least 1.5x faster than jobserver 3.0.1 (a
 ratio of at most 0.67).
 
@@ -97,7 +97,7 @@ __all__ = [
 BASELINE = "raw fork+waitpid"
 #: Start methods measured by default.
 METHODS = ("fork", "forkserver", "spawn")
-#: The issue's goals, with fork: makejobs at most this many raw fork+waitpid ...
+#: The goals, with fork: makejobs at most this many raw fork+waitpid ...
 TARGET_RAW_RATIO = 1.5
 #: ... and at least this many times faster than jobserver 3.0.1.
 TARGET_FASTER_THAN_JOBSERVER = 1.5
@@ -588,7 +588,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per fork makejobs row on the issue's two targets."""
+    """One line per fork makejobs row on the two targets."""
     lines = []
     for row in rows:
         if row["method"] != "fork" or row["contender"] != MAKEJOBS or row["skipped"]:
@@ -656,12 +656,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import platform
+    from benchmarks._common import command_line, report
 
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="about 10 s instead of 55 s")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser = command_line(__doc__, quick="about 10 s instead of 55 s")
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -671,31 +668,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     rows = run(quick=args.quick, n=args.n, methods=methods, rounds=args.rounds)
-    elapsed = time.perf_counter() - t0
-    print(to_markdown(rows))
-    print(
-        f"\n({elapsed:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()},"
-        f" {platform.platform()})"
+    seconds = time.perf_counter() - started
+    return report(
+        args,
+        "job_overhead",
+        rows,
+        seconds,
+        to_markdown(rows),
+        baseline=BASELINE,
+        targets={
+            "ratio_raw_at_most": TARGET_RAW_RATIO,
+            "faster_than_jobserver_at_least": TARGET_FASTER_THAN_JOBSERVER,
+        },
     )
-    if args.json:
-        from benchmarks._common import environment, write_json
-
-        write_json(
-            args.json,
-            "job_overhead",
-            quick=args.quick,
-            seconds=elapsed,
-            rows=rows,
-            environment=environment(),
-            baseline=BASELINE,
-            targets={
-                "ratio_raw_at_most": TARGET_RAW_RATIO,
-                "faster_than_jobserver_at_least": TARGET_FASTER_THAN_JOBSERVER,
-            },
-        )
-    return 0
 
 
 if __name__ == "__main__":

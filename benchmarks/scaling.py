@@ -68,10 +68,8 @@ A combined harness imports :func:`run` (rows as dicts), :func:`to_markdown` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -80,6 +78,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 _ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from benchmarks._common import command_line, report  # noqa: E402
 
 __all__ = [
     "CONTENDERS",
@@ -348,21 +350,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, "", *notes])
 
 
-def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "slots": _SLOTS,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="sizes up to 10^4 (about a minute on 2 CPUs)"
-    )
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser = command_line(__doc__, quick="sizes up to 10^4 (about a minute on 2 CPUs)")
     parser.add_argument(
         "--max", type=int, default=None, metavar="N", help="largest job count (default 10^5)"
     )
@@ -381,17 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     seconds = time.monotonic() - started
-    print(to_markdown(rows))
-    if args.json:
-        doc = {
-            "benchmark": "scaling",
-            "quick": args.quick,
-            "seconds": seconds,
-            "environment": _environment(),
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return report(args, "scaling", rows, seconds, to_markdown(rows), facts={"slots": _SLOTS})
 
 
 if __name__ == "__main__":

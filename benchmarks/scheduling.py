@@ -27,7 +27,7 @@ longest unit)``, the best any scheduler could do with 2 slots. **Efficiency** is
 ideal divided by the measured makespan (wall time of the whole ``make -j2``, from
 start to exit), so every overhead counts against it: make, starting Python and
 importing makejobs in each Python recipe, starting job processes and workers. The
-issue's target: at least 90%.
+target: at least 90%.
 
 The baseline is the same Makefile with the Python recipes running their chunks one
 after another in the recipe process (no pool use): its efficiency is taken against
@@ -69,7 +69,7 @@ __all__ = ["SLOTS", "TARGET_EFFICIENCY", "main", "run", "to_markdown", "verdicts
 
 #: make -jSLOTS.
 SLOTS = 2
-#: The issue's goal: the pool run's makespan within 1/0.9 of the ideal.
+#: The goal: the pool run's makespan within 1/0.9 of the ideal.
 TARGET_EFFICIENCY = 0.90
 POOL = "makejobs pool"
 SERIAL = "serial (no pool)"
@@ -606,17 +606,12 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import platform
-
-    from benchmarks._common import environment, write_json
+    from benchmarks._common import command_line, report
 
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["_step"]:
         return _step(args_list[1:])
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="make 4.3 only (about 20 s)")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser = command_line(__doc__, quick="make 4.3 only (about 20 s)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     args = parser.parse_args(args_list)
     started = time.monotonic()
@@ -626,20 +621,15 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     seconds = time.monotonic() - started
-    print(to_markdown(rows))
-    print(f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()})")
-    if args.json:
-        write_json(
-            args.json,
-            "scheduling",
-            quick=args.quick,
-            seconds=seconds,
-            rows=rows,
-            environment=environment(),
-            baseline=SERIAL,
-            target_efficiency=TARGET_EFFICIENCY,
-        )
-    return 0
+    return report(
+        args,
+        "scheduling",
+        rows,
+        seconds,
+        to_markdown(rows),
+        baseline=SERIAL,
+        target_efficiency=TARGET_EFFICIENCY,
+    )
 
 
 if __name__ == "__main__":

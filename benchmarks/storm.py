@@ -22,7 +22,7 @@ stops, lets every job finish and checks its books:
     python benchmarks/storm.py --seconds 3 --method fork --json out.json
 
 The integration suite runs it for a few seconds per start method
-(integration/test_storm.py); a long run is the issue's 20 s per method.
+(integration/test_storm.py); a long run is 20 s per method.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ from typing import Any
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
+sys.path.insert(0, str(_ROOT / "tests"))  # spans.py
 
 from benchmarks._common import environment, write_json  # noqa: E402
+from spans import peak_overlap  # noqa: E402
 
 METHODS = ("fork", "forkserver", "spawn")
 
@@ -56,15 +58,6 @@ def job(i: int) -> tuple[int, float, float]:
     start = time.clock_gettime(time.CLOCK_MONOTONIC)
     time.sleep(0.002)
     return i, start, time.clock_gettime(time.CLOCK_MONOTONIC)
-
-
-def peak(spans: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    level = top = 0
-    for _, delta in events:
-        level += delta
-        top = max(top, level)
-    return top
 
 
 def worker(method: str, slots: int) -> dict[str, Any]:
@@ -160,7 +153,7 @@ def worker(method: str, slots: int) -> dict[str, Any]:
         "wrong_count": len(wrong),
         "errors": errors[:10],
         "error_count": len(errors),
-        "peak": peak(spans),
+        "peak": peak_overlap(spans),
         "implicit_free": implicit_free,
         "available_at_end": available,
         "held_at_end": held,

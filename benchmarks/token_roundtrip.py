@@ -37,11 +37,9 @@ A combined harness imports :func:`run` (rows as dicts) and :func:`to_markdown`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -58,7 +56,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from benchmarks._common import environment, write_json  # noqa: E402
+from benchmarks._common import command_line, report  # noqa: E402
 from makejobs.pool import TokenPool  # noqa: E402
 from makejobs.protocol import FifoAuth  # noqa: E402
 
@@ -66,7 +64,7 @@ __all__ = ["BASELINE", "TARGET_RATIO", "main", "run", "to_markdown"]
 
 #: The row every ratio is taken against.
 BASELINE = "raw pipe"
-#: The issue's goal: a makejobs round trip costs at most this many raw pairs.
+#: The goal: a makejobs round trip costs at most this many raw pairs.
 TARGET_RATIO = 3.0
 #: Tokens in each pipe: more than one, so that a read never finds it empty.
 TOKENS = 3
@@ -499,27 +497,19 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="about 3 s instead of 20 s")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
+    args = command_line(__doc__, quick="about 3 s instead of 20 s").parse_args(argv)
+    started = time.perf_counter()
     rows = run(quick=args.quick)
-    elapsed = time.perf_counter() - t0
-    print(to_markdown(rows))
-    print(f"\n({elapsed:.1f} s, Python {platform.python_version()}, {platform.platform()})")
-    if args.json:
-        write_json(
-            args.json,
-            "token_roundtrip",
-            quick=args.quick,
-            seconds=elapsed,
-            rows=rows,
-            environment=environment(),
-            baseline=BASELINE,
-            target_ratio=TARGET_RATIO,
-        )
-    return 0
+    seconds = time.perf_counter() - started
+    return report(
+        args,
+        "token_roundtrip",
+        rows,
+        seconds,
+        to_markdown(rows),
+        baseline=BASELINE,
+        target_ratio=TARGET_RATIO,
+    )
 
 
 if __name__ == "__main__":

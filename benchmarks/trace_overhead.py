@@ -20,7 +20,7 @@ object is built every time):
   every 20 ms by a thread of serve, and the JSON written at the end.
 
 The figure is the makespan (wall time of the serve process, start to exit), and the
-issue's target is tracing adding at most 2% to it: the table gives the median makespan
+target is tracing adding at most 2% to it: the table gives the median makespan
 of each and the median over rounds of the traced/untraced ratio of the same round, with
 the traced runs' span and sample counts as a check that tracing did record the build.
 Because a shared machine makes single makespans noisy (other processes take the CPUs
@@ -246,14 +246,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import platform
+    from benchmarks._common import command_line, report
 
-    from benchmarks._common import environment, write_json
-
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="16 files, 3 rounds")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser = command_line(__doc__, quick="16 files, 3 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--files", type=int, default=None, help="C files in the build")
     args = parser.parse_args(argv)
@@ -265,20 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     seconds = time.monotonic() - started
-    print(to_markdown(rows))
-    print(f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()})")
-    if args.json:
-        write_json(
-            args.json,
-            "trace_overhead",
-            quick=args.quick,
-            seconds=seconds,
-            rows=rows,
-            environment=environment(),
-            baseline=BASELINE,
-            target_ratio=TARGET_RATIO,
-        )
-    return 0
+    return report(
+        args,
+        "trace_overhead",
+        rows,
+        seconds,
+        to_markdown(rows),
+        baseline=BASELINE,
+        target_ratio=TARGET_RATIO,
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Literal
 
 from makejobs import (
     FifoAuth,
@@ -30,7 +31,6 @@ from makejobs import (
     TokenPool,
     parse_makeflags,
 )
-from makejobs.pool import Style
 
 # A grandchild that joins the pool advertised in its environment and reports which pipe or
 # fifo it got (by inode), so the parent can check it is the very same pool.
@@ -83,7 +83,7 @@ def main() -> None:
         assert os.environ["DEMO_KEY"] == "from the parent"  # the parent is unchanged
         assert "DEMO_LEVEL" not in os.environ
 
-    styles: tuple[Style, ...] = ("pipe", "fifo")
+    styles: tuple[Literal["pipe", "fifo"], ...] = ("pipe", "fifo")
     for style in styles:
         pool = TokenPool.create(3, style=style)
         inode = os.fstat(pool.fileno()).st_ino

@@ -2,7 +2,7 @@
 
 The workspace has :data:`CRATES` library crates and no dependencies at all, so it builds
 offline. Each crate's ``build.rs`` is one *job*: it appends ``S <ns> <name>`` and
-``E <ns> <name>`` lines to the log named by ``MJ_LOG`` (the ``spans.py`` format, one
+``E <ns> <name>`` lines to the log named by ``MJ_LOG`` (the ``tests/spans.py`` format, one
 ``write`` per line on an ``O_APPEND`` file, timestamps from ``CLOCK_MONOTONIC`` like
 ``spans.now_ns``) around a sleep of :data:`SCRIPT_SECONDS`. cargo runs a build script while
 holding a jobserver token for it, so the spans lie inside cargo's slot holdings.

@@ -3,7 +3,7 @@
 This is the evidence behind makejobs' defaults (README, "Which form reaches which
 consumer"). Each *cell* creates a pool of :data:`SLOTS` slots in this process, starts one
 consumer on it in one way, and measures the peak of overlapping job spans
-(``spans.py``). Every consumer is set up to run more than :data:`SLOTS` jobs at once if
+(``tests/spans.py``). Every consumer is set up to run more than :data:`SLOTS` jobs at once if
 it ignored the pool, so the peak tells what happened:
 
 * ``joins``: the peak is exactly the pool's N (and never more);
@@ -39,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))  # spans.py
 
 import cargo_ws  # noqa: E402
 from makejobs.errors import TokenCountWarning  # noqa: E402

@@ -4,7 +4,7 @@ Usage::
 
     python fifo_only_client.py [-j N] LOG PREFIX JOBS SECONDS
 
-Runs JOBS jobs of SECONDS each; every job logs a span (``spans.py``) named PREFIX.1,
+Runs JOBS jobs of SECONDS each; every job logs a span (``tests/spans.py``) named PREFIX.1,
 PREFIX.2, ... while it holds its slot. It reads the pool from ``MAKEFLAGS`` the way
 ninja 1.13 does (``ninja-build/ninja:src/jobserver.cc``, ``src/jobserver-posix.cc``):
 
@@ -38,7 +38,7 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # spans.py
 
 import spans
 

@@ -211,11 +211,6 @@ def run_captured(
     )
 
 
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    """A finished process's status and output, for assertion messages."""
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-
-
 def clean_environ(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
     """Copy of ``base`` (default ``os.environ``) without any inherited jobserver.
 

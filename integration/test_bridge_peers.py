@@ -29,7 +29,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,14 @@ import pytest
 
 from child_styles import SLOTS as STYLE_SLOTS
 from child_styles import Bench, Outcome
+from makefiles import write_makefile
 from makejobs import Jobserver
 from makejobs.advertise import advertise
 from makejobs.errors import TokenCountWarning
 from makejobs.pool import TokenPool
-from peers import Peer, clean_environ, describe, run_captured
-from spans import peak_overlap, read_spans
+from peers import Peer, clean_environ, run_captured
+from processes import describe
+from spans import logged_peak
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -62,20 +64,6 @@ def job_line(log: Path, name: str) -> str:
     return f"@{PY} {JOB} {log} {name} {JOB_SECONDS}"
 
 
-def makefile(path: Path, rules: dict[str, str]) -> None:
-    """``all`` builds every rule; each rule is one recipe line."""
-    lines = [f".PHONY: all {' '.join(rules)}", f"all: {' '.join(rules)}"]
-    for target, recipe in rules.items():
-        lines += [f"{target}:", f"\t{recipe}"]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def spans_peak(log: Path, names: Sequence[str]) -> int:
-    spans = read_spans(log)
-    assert sorted(s.name for s in spans) == sorted(names)
-    return peak_overlap(spans)
-
-
 def shell_jobs(log: Path, count: int) -> dict[str, str]:
     return {f"sh{i}": job_line(log, f"sh{i}") for i in range(1, count + 1)}
 
@@ -92,11 +80,11 @@ def test_make43_pipe_pool_reaches_a_fifo_only_client_through_bridge(
     client = f"{PY} {FIFO_ONLY} {log} fo 5 {JOB_SECONDS}"
     relay = "--relay " if via == "relay" else ""
     bridge = f"{PY} -m makejobs bridge {relay}--style fifo -- " if via else ""
-    makefile(tmp_path / "Makefile", {"client": f"+@{bridge}{client}", **shell_jobs(log, 3)})
+    write_makefile(tmp_path / "Makefile", {"client": f"+@{bridge}{client}", **shell_jobs(log, 3)})
     proc = run_captured(make43.argv("-s", f"-j{SLOTS}"), tmp_path, RUN_TIMEOUT, env=env())
     assert proc.returncode == 0, describe(proc)
     assert "INTERNAL" not in proc.stderr, describe(proc)
-    peak = spans_peak(log, [*(f"fo.{i}" for i in range(1, 6)), "sh1", "sh2", "sh3"])
+    peak = logged_peak(log, [*(f"fo.{i}" for i in range(1, 6)), "sh1", "sh2", "sh3"])
     print(f"make 4.3 -j{SLOTS}, bridge via {via}: peak {peak}")
     if via is not None:
         joined = "/proc/" if via == "proc" else "makejobs-relay-"
@@ -119,10 +107,10 @@ def test_make441_fifo_pool_reaches_make43_through_bridge(
 ) -> None:
     log = tmp_path / "spans.log"
     sub = [f"m{i}" for i in range(1, 5)]
-    makefile(tmp_path / "sub.mk", {name: job_line(log, name) for name in sub})
+    write_makefile(tmp_path / "sub.mk", {name: job_line(log, name) for name in sub})
     submake = f"{make43.path} -s -f sub.mk"
     bridge = f"{PY} -m makejobs bridge -v --style {style} -- " if style else ""
-    makefile(tmp_path / "Makefile", {"sub": f"+@{bridge}{submake}", **shell_jobs(log, 2)})
+    write_makefile(tmp_path / "Makefile", {"sub": f"+@{bridge}{submake}", **shell_jobs(log, 2)})
     proc = run_captured(make441.argv("-s", f"-j{SLOTS}"), tmp_path, RUN_TIMEOUT, env=env())
     assert "INTERNAL" not in proc.stderr, describe(proc)
     if style is None:  # what the bridge is for: make 4.3 dies on make 4.4's fifo
@@ -131,7 +119,7 @@ def test_make441_fifo_pool_reaches_make43_through_bridge(
         return
     assert proc.returncode == 0, describe(proc)
     assert "offering the fifo pool as pipe" in proc.stderr, describe(proc)
-    peak = spans_peak(log, [*sub, "sh1", "sh2"])
+    peak = logged_peak(log, [*sub, "sh1", "sh2"])
     print(f"make 4.4.1 -j{SLOTS} -> bridge --style {style} -> make 4.3: peak {peak}")
     assert peak <= SLOTS, describe(proc)
     assert peak == SLOTS, describe(proc)
@@ -169,7 +157,7 @@ def consumer(
         rules = [f"rule job\n  command = {PY} {JOB} {log} $out {JOB_SECONDS} {work}/$out\n"]
         (work / "build.ninja").write_text("".join(rules + [f"build {n}: job\n" for n in names]))
         return peers["ninja"].argv("-C", str(work), "--quiet"), names
-    makefile(work / "Makefile", {name: job_line(log, name) for name in names})
+    write_makefile(work / "Makefile", {name: job_line(log, name) for name in names})
     return peers[key].argv("-s", "-f", str(work / "Makefile")), names
 
 
@@ -218,7 +206,7 @@ def test_a_jobs_plain_subprocess_run_with_the_by_path_form(
         assert code != 0 and "invalid --jobserver-auth string 'fifo:/proc/" in output, output
         return
     assert code == 0, output
-    peak = spans_peak(log, names)
+    peak = logged_peak(log, names)
     print(f"job -> plain subprocess.run({key}), by-path form: peak {peak}")
     assert peak <= JOB_SLOTS, output
     assert peak == JOB_SLOTS, output
@@ -232,7 +220,7 @@ def test_a_jobs_pool_run_gives_make43_the_pipe(peers: dict[str, Peer], tmp_path:
         log.unlink(missing_ok=True)
         code, output = run_in_job(pool_run, argv, tmp_path, environ)
         assert code == 0, output
-        assert spans_peak(log, names) == JOB_SLOTS, output
+        assert logged_peak(log, names) == JOB_SLOTS, output
 
 
 @pytest.mark.parametrize("key", ["make441", "ninja"])
@@ -246,7 +234,7 @@ def test_a_jobs_plain_subprocess_run_joins_by_default(
     argv, names = consumer(key, peers, tmp_path, log)
     code, output = run_in_job(plain_run, argv, tmp_path)
     assert code == 0, output
-    peak = spans_peak(log, names)
+    peak = logged_peak(log, names)
     print(f"job -> plain subprocess.run({key}), default: peak {peak}")
     assert peak <= JOB_SLOTS, output
     assert peak == JOB_SLOTS, output
@@ -261,7 +249,7 @@ def test_a_jobs_plain_make43_is_never_killed_where_it_is_the_make_on_path(
     argv, names = consumer("make43", {"make43": make43}, tmp_path, log)
     code, output = run_in_job(plain_run, argv, tmp_path)
     assert code == 0, output
-    assert spans_peak(log, names) == 1, output  # the fds were closed: -j1, as today
+    assert logged_peak(log, names) == 1, output  # the fds were closed: -j1, as today
 
 
 # -- the cells that decide the defaults (child_styles.py) ------------------------------

@@ -3,7 +3,7 @@
 * ``makejobs serve -j 3 -- make`` (make 4.3 and 4.4.1, pipe and fifo), ``serve -- ninja``
   (both styles: the PyPI ninja wheel also accepts pipes) and ``serve -j 2 -- cargo build
   -j 8`` on a path-only workspace the test writes: the peer's jobs log timestamped spans
-  (``spans.py``) and the measured peak never exceeds the pool and reaches it.
+  (``tests/spans.py``) and the measured peak never exceeds the pool and reaches it.
 * ``make -j4`` running ``makejobs run`` and ``makejobs exec`` in '+' recipes next to
   ordinary recipes: everything together stays within make's 4 slots.
 * Exit statuses travel through, and every token comes back (serve reports missing or
@@ -22,7 +22,6 @@ announce it with marker files, polled with a bound. Every subprocess has a timeo
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -34,9 +33,11 @@ from typing import Any
 
 import pytest
 
+from makefiles import mq, q, write_makefile
 from makejobs.protocol import FifoAuth, parse_makeflags
-from peers import Peer, clean_environ, describe, run_captured
-from spans import peak_overlap, read_spans
+from peers import Peer, clean_environ, run_captured
+from processes import describe
+from spans import logged_peak, peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -52,16 +53,6 @@ def env(**extra: str) -> dict[str, str]:
     old = os.environ.get("PYTHONPATH")
     path = str(REPO) if not old else os.pathsep.join([str(REPO), old])
     return clean_environ(PYTHONPATH=path, **extra)
-
-
-def q(word: object) -> str:
-    """Quote for a shell command line."""
-    return shlex.quote(str(word))
-
-
-def mq(word: object) -> str:
-    """Quote for a make recipe line ($ doubled)."""
-    return q(word).replace("$", "$$")
 
 
 def makejobs(*args: str) -> list[str]:
@@ -82,20 +73,6 @@ def assert_tokens_back(proc: subprocess.CompletedProcess[str]) -> None:
 def job_line(log: Path, name: str = "$@", seconds: float = JOB_SECONDS) -> str:
     """A make recipe command logging one span (``$@`` stays for make to expand)."""
     return f"{mq(PY)} {mq(JOB)} {mq(log)} {name} {seconds}"
-
-
-def write_makefile(path: Path, rules: dict[str, str], default: Sequence[str]) -> None:
-    """``rules``: target -> recipe line (tab added); ``default``: what ``all`` builds."""
-    lines = [f".PHONY: all {' '.join(rules)}", f"all: {' '.join(default)}"]
-    for target, recipe in rules.items():
-        lines += [f"{target}:", f"\t{recipe}"]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def measured_peak(log: Path, expected_names: Sequence[str]) -> int:
-    spans = read_spans(log)
-    assert sorted(s.name for s in spans) == sorted(expected_names)
-    return peak_overlap(spans)
 
 
 def wait_for_files(paths: Sequence[Path], proc: subprocess.Popen[Any], bound: float = 30) -> None:
@@ -139,7 +116,7 @@ def test_serve_limits_make(case: str, request: pytest.FixtureRequest, tmp_path: 
     assert proc.returncode == 0, describe(proc)
     assert "jobserver unavailable" not in proc.stderr, describe(proc)
     assert_tokens_back(proc)
-    peak = measured_peak(log, JOBS)
+    peak = logged_peak(log, JOBS)
     assert peak <= SLOTS, peak
     assert peak == SLOTS, peak
 
@@ -189,7 +166,7 @@ def test_serve_limits_ninja(ninja: Peer, style: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, describe(proc)
     assert "Jobserver mode detected" in proc.stdout + proc.stderr, describe(proc)
     assert_tokens_back(proc)
-    peak = measured_peak(log, JOBS)
+    peak = logged_peak(log, JOBS)
     assert peak <= SLOTS, peak
     assert peak == SLOTS, peak
 
@@ -282,7 +259,7 @@ def test_make_calls_makejobs_run(
     assert proc.returncode == 0, describe(proc)
     assert "jobserver unavailable" not in proc.stderr and "makejobs run" not in proc.stderr
     assert_tokens_back(proc)
-    peak = measured_peak(log, run_jobs + others)
+    peak = logged_peak(log, run_jobs + others)
     assert peak <= 4, peak
     assert peak == 4, peak
 
@@ -304,7 +281,7 @@ def test_make_sees_makejobs_run_failures(make441: Peer, tmp_path: Path) -> None:
 # A tool that does not speak the jobserver: MAKEJOBS_SLOTS threads, each one span.
 WIDE = """
 import os, sys, threading
-sys.path.insert(0, {integration!r})
+sys.path.insert(0, {tests!r})
 import spans
 log, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 count = int(os.environ["MAKEJOBS_SLOTS"])
@@ -326,7 +303,7 @@ def test_make_calls_makejobs_exec(
     peer_key, make_args = MAKE_STYLES[case]
     make: Peer = request.getfixturevalue(peer_key)
     wide = tmp_path / "wide.py"
-    wide.write_text(textwrap.dedent(WIDE.format(integration=str(HERE))))
+    wide.write_text(textwrap.dedent(WIDE.format(tests=str(REPO / "tests"))))
     log = tmp_path / "spans.log"
 
     def exec_line(target: str, *options: str) -> str:
@@ -349,7 +326,7 @@ def test_make_calls_makejobs_exec(
     assert proc.returncode == 0, describe(proc)
     assert_tokens_back(proc)
     assert (tmp_path / "alone.n").read_text() == "4"
-    assert measured_peak(log, [f"alone.t{i}" for i in range(4)]) == 4
+    assert logged_peak(log, [f"alone.t{i}" for i in range(4)]) == 4
 
     # Next to ordinary recipes: whatever exec gets, the total stays within -j4.
     log.unlink()
@@ -362,7 +339,7 @@ def test_make_calls_makejobs_exec(
     assert_tokens_back(proc)
     count = int((tmp_path / "wide.n").read_text())
     assert 1 <= count <= 3
-    peak = measured_peak(log, others + [f"wide.t{i}" for i in range(count)])
+    peak = logged_peak(log, others + [f"wide.t{i}" for i in range(count)])
     assert peak <= 4, peak
 
 

@@ -3,7 +3,7 @@
 A Makefile run with ``make -j2`` has two Python recipes that each create a default
 ``JobserverExecutor()`` (which joins the pool make advertises in MAKEFLAGS) and run several
 timed tasks on it, next to a shell recipe that runs plain jobs of its own. Every task and
-every shell job logs a start and an end (``spans.py``, one CLOCK_MONOTONIC for all
+every shell job logs a start and an end (``tests/spans.py``, one CLOCK_MONOTONIC for all
 processes); the peak number of overlapping spans must stay at most 2 and reach 2 (there is
 enough work). Each executor recipe also reports what it joined and whether its tokens came
 back, and make itself must find all its tokens at the end (no ``INTERNAL: Exiting with``).
@@ -16,7 +16,6 @@ executor falling back to one task at a time with a warning instead of misreading
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,9 @@ from typing import Any
 
 import pytest
 
-from peers import Peer, clean_environ, describe, run_captured
+from makefiles import mq
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 from spans import LogError, Span, peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +43,7 @@ RUN_TIMEOUT = 90
 RECIPE = textwrap.dedent(
     """
     import json, os, sys, warnings
-    sys.path.insert(0, {integration!r})
+    sys.path.insert(0, {tests!r})
     import spans
     from makejobs import Jobserver, JobserverExecutor
 
@@ -90,11 +91,6 @@ VARIANTS = {
 }
 
 
-def q(word: object) -> str:
-    """Quote a word for a recipe line's shell, with '$' doubled for make."""
-    return shlex.quote(str(word)).replace("$", "$$")
-
-
 class Run:
     def __init__(
         self, proc: subprocess.CompletedProcess[str], spans: list[Span], reports: dict[str, Any]
@@ -115,17 +111,17 @@ def run_make(
     reports = workdir / "reports"
     reports.mkdir()
     recipe = workdir / "executor_recipe.py"
-    recipe.write_text(RECIPE.format(integration=str(HERE)))
-    python = q(sys.executable)
+    recipe.write_text(RECIPE.format(tests=str(REPO / "tests")))
+    python = mq(sys.executable)
     prefix = "+" if plus else ""
     executor_line = (
-        f"\t{prefix}@{python} {q(recipe)} $@ {q(log)} {TASKS_PER_RECIPE} {TASK_SECONDS}"
-        f" {q(reports)}/$@.json {mode}\n"
+        f"\t{prefix}@{python} {mq(recipe)} $@ {mq(log)} {TASKS_PER_RECIPE} {TASK_SECONDS}"
+        f" {mq(reports)}/$@.json {mode}\n"
     )
     # The shell recipe: two plain jobs in a row, each holding the recipe's one slot.
     shell_line = (
-        f"\t@{python} {q(JOB)} {q(log)} sh.1 {TASK_SECONDS} && "
-        f"{python} {q(JOB)} {q(log)} sh.2 {TASK_SECONDS}\n"
+        f"\t@{python} {mq(JOB)} {mq(log)} sh.1 {TASK_SECONDS} && "
+        f"{python} {mq(JOB)} {mq(log)} sh.2 {TASK_SECONDS}\n"
     )
     (workdir / "Makefile").write_text(
         ".PHONY: all py1 py2 sh\n"

@@ -21,7 +21,7 @@ it ignored the pool (ninja's own default is cores+1 or more, ``cargo -j 8`` over
 itself to the CPUs), so a measured peak of exactly N shows both that the child joined and
 that it really used the tokens.
 
-Every job logs a start and an end (``spans.py``; the cargo build scripts write the same
+Every job logs a start and an end (``tests/spans.py``; the cargo build scripts write the same
 format from Rust). Each cell asserts, according to its expectation (:func:`expect`):
 
 * ``JOINS``: the parent and child succeed, the peak of overlapping spans is <= N and == N;
@@ -56,7 +56,6 @@ import dataclasses
 import enum
 import json
 import os
-import shlex
 import stat
 import subprocess
 import sys
@@ -69,6 +68,7 @@ from typing import Any, Callable
 import pytest
 
 import cargo_ws
+from makefiles import mq, q
 from makejobs import Jobserver
 from makejobs.errors import TokenCountWarning
 from makejobs.pool import Style, TokenPool
@@ -256,15 +256,6 @@ class Child:
     names: Callable[[], list[str]]  # the span names it must log (called after the run)
     report: Path | None = None  # a Python child's JSON report
     count: Path | None = None  # makejobs exec: how many slots the tool got
-
-
-def q(word: object) -> str:
-    return shlex.quote(str(word))
-
-
-def mq(word: object) -> str:
-    """Quote for a make recipe line ($ doubled)."""
-    return q(word).replace("$", "$$")
 
 
 def job_names(prefix: str, count: int = JOBS) -> list[str]:

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from peers import Peer, clean_environ, describe, run_captured
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 from spans import peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent

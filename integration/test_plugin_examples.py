@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from peers import Peer, clean_environ, describe, run_captured
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 180

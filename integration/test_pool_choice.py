@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import cargo_ws
-from peers import Peer, clean_environ, describe, run_captured
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 from spans import peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent

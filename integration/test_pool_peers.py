@@ -5,7 +5,7 @@ Two directions are exercised:
 * **Joining.** A Makefile runs several Python recipes (``recipes/worker.py``) under
   ``make -jN``. Each recipe joins the pool with ``TokenPool.from_environ()`` and runs
   several jobs on as many slots as it can get. Every job logs a start and an end
-  timestamp to one shared log (``spans.py``); the peak number of overlapping spans must
+  timestamp to one shared log (``tests/spans.py``); the peak number of overlapping spans must
   never exceed N and must reach N when there is enough work.
 * **Creating.** ``TokenPool.create(N)`` is handed to a child ``make`` or ``ninja`` that
   has no ``-j`` of its own; their jobs (``recipes/job.py``) log spans the same way.
@@ -31,7 +31,8 @@ import pytest
 
 from makejobs.errors import TokenCountWarning
 from makejobs.pool import Style, TokenPool
-from peers import Peer, clean_environ, describe, run_captured
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 from spans import LogError, Span, peak_overlap, read_spans
 
 HERE = Path(__file__).resolve().parent

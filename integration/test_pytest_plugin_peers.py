@@ -27,7 +27,8 @@ import pytest
 
 import spans
 from makejobs.pool import TokenPool
-from peers import Peer, clean_environ, describe, run_captured
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 
 HERE = Path(__file__).resolve().parent
 JOB = HERE / "recipes" / "job.py"

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from peers import Peer, clean_environ, describe, run_captured
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import spans
-from peers import Peer, clean_environ, describe, run_captured
+from peers import Peer, clean_environ, run_captured
+from processes import describe
 
 HERE = Path(__file__).resolve().parent
 JOB = HERE / "recipes" / "job.py"

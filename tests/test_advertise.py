@@ -16,8 +16,6 @@ import os
 import stat
 import subprocess
 import sys
-import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -25,29 +23,12 @@ import pytest
 from forking import run_in_child
 from makejobs import advertise
 from makejobs.advertise import CannotAdvertise, command_style, fifo_path, for_any_child
-from makejobs.errors import TokenCountWarning
 from makejobs.pool import TokenPool
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
+from pools import GREEDY, close_clean
+from processes import clean_env
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 30
-
-# Joins the pool it was given, takes every slot it can, reports, gives them back.
-JOINER = textwrap.dedent(
-    """
-    import json, os
-    from makejobs.pool import TokenPool
-    pool = TokenPool.from_environ()
-    tokens = []
-    while (token := pool.try_acquire()) is not None:
-        tokens.append(token)
-    print(json.dumps({"style": pool.style, "slots": len(tokens),
-                      "makeflags": os.environ["MAKEFLAGS"]}))
-    for token in tokens:
-        pool.release(token)
-    pool.close()
-    """
-)
 
 # A stand-in named make (or ninja): answers --version, else reports what it was given.
 FAKE = """#!/bin/sh
@@ -61,16 +42,6 @@ for fd in $(ls /proc/$$/fd); do
     if [ "$fd" -gt 2 ] && [ -p /proc/$$/fd/$fd ]; then echo "pipe-fd $fd"; fi
 done
 """
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")
-    }
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO) if not old else os.pathsep.join([str(REPO), old])
-    env.update(extra)
-    return env
 
 
 def fake(directory: Path, name: str, version: str) -> Path:
@@ -88,18 +59,9 @@ def report_of(output: str) -> tuple[str, list[int]]:
     return flags, [int(line.split()[1]) for line in lines if line.startswith("pipe-fd ")]
 
 
-def close_clean(pool: TokenPool) -> int | None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = pool.close()
-    bad = [w for w in caught if issubclass(w.category, (TokenCountWarning, ResourceWarning))]
-    assert not bad, [str(w.message) for w in bad]
-    return found
-
-
 def join_in_child(env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> dict[str, object]:
     proc = subprocess.run(
-        [sys.executable, "-c", JOINER],
+        [sys.executable, "-c", GREEDY],
         env=env,
         pass_fds=pass_fds,
         capture_output=True,
@@ -135,7 +97,7 @@ def test_a_pipe_pool_is_named_by_this_process_and_opens_as_a_new_description() -
 
 def test_a_child_reaches_a_pipe_pool_by_path_without_inheriting_anything() -> None:
     pool = TokenPool.create(3)
-    env = pool.environ(child_env(), style="fifo")
+    env = pool.environ(clean_env(), style="fifo")
     flags = parse_makeflags(env["MAKEFLAGS"])
     assert flags.auth == FifoAuth(fifo_path(pool)) and flags.jobs == 3
     assert parse_makeflags(env["CARGO_MAKEFLAGS"]).auth == flags.auth
@@ -170,7 +132,7 @@ def test_joining_the_by_path_form_of_a_held_pool_shares_it() -> None:
 
 def test_a_fifo_pool_is_offered_as_new_blocking_descriptors_after_a_bare_j() -> None:
     pool = TokenPool.create(3, style="fifo")
-    with advertise.advertise(pool, "pipe", base=child_env()) as adv:
+    with advertise.advertise(pool, "pipe", base=clean_env()) as adv:
         assert adv.style == "pipe"
         r, w = adv.pass_fds[:2]
         assert (
@@ -192,7 +154,7 @@ def test_a_fifo_pool_is_offered_as_new_blocking_descriptors_after_a_bare_j() -> 
 def test_the_pools_own_form_is_what_environ_always_gave() -> None:
     for style in ("pipe", "fifo"):
         pool = TokenPool.create(2, style=style)  # type: ignore[arg-type]
-        base = child_env()
+        base = clean_env()
         with advertise.advertise(pool, None, base=base) as adv:
             assert adv.environ == pool.environ(base) == pool.environ(base, style=style)  # type: ignore[arg-type]
             assert adv.pass_fds == pool.pass_fds
@@ -260,7 +222,7 @@ def test_command_style_rule(tmp_path: Path) -> None:
 def test_run_gives_each_make_the_form_it_speaks(tmp_path: Path) -> None:
     make43 = fake(tmp_path / "43", "make", "GNU Make 4.3")
     make44 = fake(tmp_path / "44", "make", "GNU Make 4.4.1")
-    common = {"env": child_env(), "capture_output": True, "text": True, "timeout": TIMEOUT}
+    common = {"env": clean_env(), "capture_output": True, "text": True, "timeout": TIMEOUT}
 
     pipe = TokenPool.create(3)
     flags, fds = report_of(pipe.run([make44], **common).stdout)  # type: ignore[arg-type]
@@ -346,7 +308,7 @@ def test_serve_creates_the_pool_in_the_form_cmd_speaks(
     program = fake(tmp_path, name, version)
     done = subprocess.run(
         [sys.executable, "-m", "makejobs", "serve", "-j", "3", "--", str(program)],
-        env=child_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import pytest
 
 from makejobs import aio
-from makejobs.errors import Blocked, PoolBroken, TokenCountWarning
+from makejobs.errors import Blocked, PoolBroken
 from makejobs.pool import Style, Token, TokenPool
 from makejobs.protocol import FifoAuth
+from pools import close_clean
 
 T = TypeVar("T")
 
@@ -55,15 +56,6 @@ def watching(pool: TokenPool) -> bool:
         return False
     assert others == {waiters.fd} and waiters.fd != pool.fileno()
     return True
-
-
-def close_clean(pool: TokenPool) -> int | None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = pool.close()
-    bad = [w for w in caught if issubclass(w.category, (TokenCountWarning, ResourceWarning))]
-    assert not bad, [str(w.message) for w in bad]
-    return found
 
 
 class OtherClient:

@@ -54,25 +54,12 @@ from makejobs import Jobserver, TokenPool
 from makejobs.errors import JobserverUnavailable
 from makejobs.pool import Style
 from makejobs.protocol import PipeAuth, parse_makeflags
+from processes import PY, clean_env
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
 TIMEOUT = 60
 TOKENS = b"ab"  # what each zoo pool holds: two distinct bytes, so a swap would show
 
 LINUX = sys.platform.startswith("linux")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL", "MAKEJOBS_LEDGER")
-    }
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO) if not old else os.pathsep.join([str(REPO), old])
-    env.update(extra)
-    return env
 
 
 def pending(fd: int) -> int:

@@ -33,6 +33,7 @@ from forking import wait_for_exit
 from inherited import inherited_pipe
 from makejobs import Blocked, Jobserver, TokenPool, _posix
 from makejobs.errors import TokenCountWarning
+from spans import peak_overlap, span
 
 # -- jobs (module level: spawn and forkserver import them) ---------------------------------
 
@@ -45,21 +46,6 @@ def wait_on(fd: int) -> str:
     """Run until a byte can be read from the inherited pipe *fd* (the test's go signal)."""
     os.read(fd, 1)
     return "released"
-
-
-def span(seconds: float) -> tuple[float, float]:
-    start = time.monotonic()
-    time.sleep(seconds)
-    return start, time.monotonic()
-
-
-def peak_overlap(spans: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    peak = level = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    return peak
 
 
 @contextlib.contextmanager

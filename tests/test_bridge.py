@@ -14,59 +14,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
-import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 
 from makejobs import advertise, cli
-from makejobs.errors import TokenCountWarning
 from makejobs.pool import TokenPool
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
+from pools import GREEDY, close_clean
+from processes import PY, clean_env
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
 TIMEOUT = 30
-
-# Joins the pool it was given, takes every slot it can, reports, gives them back.
-GREEDY = textwrap.dedent(
-    """
-    import json, os
-    from makejobs.pool import TokenPool
-    pool = TokenPool.from_environ()
-    tokens = []
-    while (token := pool.try_acquire()) is not None:
-        tokens.append(token)
-    print(json.dumps({"style": pool.style, "slots": len(tokens),
-                      "makeflags": os.environ["MAKEFLAGS"]}))
-    for token in tokens:
-        pool.release(token)
-    pool.close()
-    """
-)
 
 # A stand-in named make or ninja: answers --version, else reports what it was given.
 FAKE = """#!/bin/sh
 if [ "$1" = --version ]; then echo "VERSION"; exit 0; fi
 printf 'MAKEFLAGS=%s\\n' "$MAKEFLAGS"
 """
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
-    }
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO) if not old else os.pathsep.join([str(REPO), old])
-    env.update(extra)
-    return env
 
 
 def bridge(
@@ -88,15 +57,6 @@ def bridge(
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=TIMEOUT)
     return proc.returncode, out, err
-
-
-def close_clean(pool: TokenPool) -> int | None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = pool.close()
-    bad = [w for w in caught if issubclass(w.category, (TokenCountWarning, ResourceWarning))]
-    assert not bad, [str(w.message) for w in bad]
-    return found
 
 
 def fake(directory: Path, name: str, version: str) -> Path:
@@ -196,7 +156,11 @@ def test_without_proc_a_relay_carries_the_pipe_pool(
     monkeypatch.setattr(advertise, "_PROC", str(tmp_path / "no-proc"))
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", clean_env()["PYTHONPATH"])
-    (tmp_path / "ninja").symlink_to(PY)  # a Python named ninja: auto prefers a fifo
+    # A Python named ninja: auto prefers a fifo. A script, not a symlink: Python started
+    # through a symlink outside its venv does not find the venv (nor an installed makejobs).
+    ninja = tmp_path / "ninja"
+    ninja.write_text(f'#!/bin/sh\nexec {shlex.quote(PY)} "$@"\n')
+    ninja.chmod(0o755)
     pool = TokenPool.create(3)
     monkeypatch.setenv("MAKEFLAGS", pool.makeflags())
     status = cli.main(["bridge", "-v", "--style", style, "--", "ninja", "-c", PATIENT])

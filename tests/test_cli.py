@@ -16,7 +16,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 import warnings
@@ -28,47 +27,11 @@ import pytest
 from makejobs import cli
 from makejobs.jobserver import usable_cpus
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
+from pools import GREEDY
+from processes import PY, REPO, clean_env, describe, mj
+from spans import peak_overlap, read_spans, span_commands
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
 TIMEOUT = 30
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
-    }
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO) if not old else os.pathsep.join([str(REPO), old])
-    env.update(extra)
-    return env
-
-
-def mj(
-    *args: str,
-    env: dict[str, str] | None = None,
-    input: str | None = None,
-    timeout: float = TIMEOUT,
-    **kwargs: Any,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m makejobs ARGS`` and capture everything."""
-    return subprocess.run(
-        [PY, "-m", "makejobs", *args],
-        env=clean_env() if env is None else env,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kwargs,
-    )
-
-
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 def py(code: str) -> list[str]:
@@ -86,26 +49,6 @@ def wait_for(path: Path, proc: subprocess.Popen[Any], what: str, bound: float = 
             proc.kill()
             pytest.fail(f"{what}: {path.name} did not appear within {bound} s")
         time.sleep(0.01)
-
-
-# A client that joins the pool, takes every slot it can, and reports.
-GREEDY = """
-import json, os, sys
-from makejobs.pool import TokenPool
-pool = TokenPool.from_environ()
-tokens = []
-while True:
-    token = pool.try_acquire()
-    if token is None:
-        break
-    tokens.append(token)
-print(json.dumps({"style": pool.style, "slots": len(tokens), "jobs": pool.slots,
-                  "makeflags": os.environ.get("MAKEFLAGS"),
-                  "cargo": os.environ.get("CARGO_MAKEFLAGS")}))
-for token in tokens:
-    pool.release(token)
-pool.close()
-"""
 
 
 # --------------------------------------------------------------------------------------
@@ -538,60 +481,28 @@ raise SystemExit(128 - proc.returncode if proc.returncode < 0 else proc.returnco
 # --------------------------------------------------------------------------------------
 # run
 
-SPAN = """
-import os, sys, time
-log, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-def event(kind):
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f"{kind} {time.clock_gettime_ns(time.CLOCK_MONOTONIC)} {name}\\n".encode())
-    os.close(fd)
-event("S")
-time.sleep(seconds)
-event("E")
-"""
-
-
-def peak(log: Path) -> int:
-    events = []
-    for line in log.read_text().splitlines():
-        kind, stamp, _name = line.split()
-        events.append((int(stamp), 1 if kind == "S" else 0))
-    running = best = 0
-    for _stamp, start in sorted(events):
-        running += 1 if start else -1
-        best = max(best, running)
-    return best
-
-
-def span_lines(tmp_path: Path, count: int, seconds: float) -> tuple[str, Path]:
-    script = tmp_path / "span.py"
-    script.write_text(SPAN)
-    log = tmp_path / "spans.log"
-    lines = [f"{PY} {script} {log} j{i} {seconds}" for i in range(count)]
-    return "\n".join(lines) + "\n", log
-
 
 def test_run_bounds_concurrency_by_a_new_pool(tmp_path: Path) -> None:
-    text, log = span_lines(tmp_path, 6, 0.3)
+    text, log = span_commands(tmp_path, 6, 0.3)
     proc = mj("run", "-j", "3", input=text)
     assert proc.returncode == 0, describe(proc)
     assert len(log.read_text().splitlines()) == 12
-    assert peak(log) == 3
+    assert peak_overlap(read_spans(log)) == 3
 
 
 def test_run_caps_with_j_under_an_inherited_pool(tmp_path: Path) -> None:
-    text, log = span_lines(tmp_path, 6, 0.2)
+    text, log = span_commands(tmp_path, 6, 0.2)
     commands = tmp_path / "commands.txt"
     commands.write_text(text)
     proc = mj(
         "serve", "-j", "4", "--", PY, "-m", "makejobs", "run", "-j", "2", "-f", str(commands)
     )
     assert proc.returncode == 0, describe(proc)
-    assert peak(log) == 2
+    assert peak_overlap(read_spans(log)) == 2
 
 
 def test_run_under_serve_uses_its_pool(tmp_path: Path) -> None:
-    text, log = span_lines(tmp_path, 8, 0.2)
+    text, log = span_commands(tmp_path, 8, 0.2)
     commands = tmp_path / "commands.txt"
     commands.write_text(text)
     proc = mj(
@@ -609,7 +520,7 @@ def test_run_under_serve_uses_its_pool(tmp_path: Path) -> None:
         str(commands),
     )
     assert proc.returncode == 0, describe(proc)
-    assert peak(log) == 3 and proc.stderr == ""
+    assert peak_overlap(read_spans(log)) == 3 and proc.stderr == ""
 
 
 def test_run_exports_the_pool_to_each_command(tmp_path: Path) -> None:
@@ -797,14 +708,14 @@ def test_run_signal_stops_commands_and_dies_of_it(tmp_path: Path) -> None:
 
 
 def test_run_with_unusable_pool_runs_one_at_a_time(tmp_path: Path) -> None:
-    text, log = span_lines(tmp_path, 3, 0.1)
+    text, log = span_commands(tmp_path, 3, 0.1)
     env = clean_env(MAKEFLAGS=" -j4 --jobserver-auth=3,4 --jobserver-auth=-2,-2")
     proc = mj("run", input=text, env=env)
     assert proc.returncode == 0, describe(proc)
     assert "one command at a time" in proc.stderr
-    assert peak(log) == 1
+    assert peak_overlap(read_spans(log)) == 1
     (tmp_path / "second").mkdir()
-    text, log2 = span_lines(tmp_path / "second", 4, 0.2)
+    text, log2 = span_commands(tmp_path / "second", 4, 0.2)
     proc = mj("run", "-j", "2", input=text, env=env)
     assert proc.returncode == 0 and "new pool of 2" in proc.stderr
-    assert peak(log2) == 2
+    assert peak_overlap(read_spans(log2)) == 2

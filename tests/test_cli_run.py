@@ -15,54 +15,21 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from makejobs.cli._load import runnable_from_loadavg
 from makejobs.cli._run_output import JobLog
 from makejobs.cli.run import make_dry_run, read_commands
+from processes import PY, clean_env, describe, mj
+from spans import peak_overlap, read_spans, span_commands
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
 TIMEOUT = 30
 # A shell loop that waits (boundedly: 20 s) for the file named by its argument.
 WAIT = 'i=0; until [ -e "{0}" ] || [ $i -ge 2000 ]; do sleep 0.01; i=$((i+1)); done'
-
-
-def env(**extra: str) -> dict[str, str]:
-    out = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
-    }
-    old = out.get("PYTHONPATH")
-    out["PYTHONPATH"] = str(REPO) if not old else os.pathsep.join([str(REPO), old])
-    out.update(extra)
-    return out
-
-
-def mj(
-    *args: str, input: str = "", environ: dict[str, str] | None = None, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    kwargs.setdefault("capture_output", True)
-    return subprocess.run(
-        [PY, "-m", "makejobs", *args],
-        input=input,
-        env=env() if environ is None else environ,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-        **kwargs,
-    )
-
-
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 def wait(path: Path) -> str:
@@ -94,12 +61,12 @@ def closed_pipe() -> int:
 def test_closed_stdout_ends_quietly_by_sigpipe(args: list[str], buffered: bool) -> None:
     # Before: a BrokenPipeError traceback (status), or "Exception ignored ... BrokenPipeError"
     # and exit 120 when the flush at interpreter exit found the pipe closed (--help).
-    environ = env(PYTHONUNBUFFERED="1")
+    environ = clean_env(PYTHONUNBUFFERED="1")
     if buffered:
         del environ["PYTHONUNBUFFERED"]
     w = closed_pipe()
     try:
-        proc = mj(*args, environ=environ, stdout=w, stderr=subprocess.PIPE, capture_output=False)
+        proc = mj(*args, env=environ, stdout=w, stderr=subprocess.PIPE, capture_output=False)
     finally:
         os.close(w)
     assert proc.stderr == "", describe(proc)
@@ -152,7 +119,7 @@ def test_run_piped_into_head_exits_quietly(tmp_path: Path) -> None:
         '; echo "status=${PIPESTATUS[1]}" >&2'
     )
     proc = subprocess.run(
-        ["bash", "-c", script], env=env(), capture_output=True, text=True, timeout=TIMEOUT
+        ["bash", "-c", script], env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT
     )
     assert proc.stdout == "1\n", describe(proc)
     assert proc.stderr == f"status={128 + signal.SIGPIPE}\n", describe(proc)
@@ -176,7 +143,7 @@ def test_run_stops_and_reaps_its_commands_when_it_fails_unexpectedly(tmp_path: P
     proc = subprocess.run(
         [PY, "-c", textwrap.dedent(script)],
         input="\n".join(lines) + "\n",
-        env=env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -194,7 +161,7 @@ def test_run_stops_its_commands_and_dies_of_another_fatal_signal(tmp_path: Path)
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env(),
+        env=clean_env(),
         text=True,
     )
     deadline = time.monotonic() + TIMEOUT
@@ -232,7 +199,7 @@ def test_dry_run_prints_the_commands_and_runs_none(how: str, tmp_path: Path) -> 
     made = tmp_path / "made"
     text = f'touch "{made}"\n# a comment\necho a \\\n  b\n'
     if how.startswith("MAKEFLAGS="):
-        proc = mj("run", input=text, environ=env(MAKEFLAGS="n -j2"))
+        proc = mj("run", input=text, env=clean_env(MAKEFLAGS="n -j2"))
     else:
         proc = mj("run", how, "--joblog", str(tmp_path / "log"), input=text)
     assert proc.returncode == 0 and proc.stderr == "", describe(proc)
@@ -273,47 +240,15 @@ def test_words_after_the_options_get_a_hint(tmp_path: Path) -> None:
 
 # -- -l LOAD ----------------------------------------------------------------------------------
 
-SPAN = """
-import os, sys, time
-log, name = sys.argv[1], sys.argv[2]
-def event(kind):
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f"{kind} {time.clock_gettime_ns(time.CLOCK_MONOTONIC)} {name}\\n".encode())
-    os.close(fd)
-event("S")
-time.sleep(float(sys.argv[3]))
-event("E")
-"""
-
-
-def spans(tmp_path: Path, count: int, seconds: float) -> tuple[str, Path]:
-    script = tmp_path / "span.py"
-    script.write_text(SPAN)
-    log = tmp_path / "spans.log"
-    return "".join(f"{PY} {script} {log} j{i} {seconds}\n" for i in range(count)), log
-
-
-def peak(log: Path) -> int:
-    events = sorted(
-        (int(stamp), kind == "S")
-        for kind, stamp, _ in (line.split() for line in log.read_text().splitlines())
-    )
-    assert len(events) % 2 == 0
-    running = best = 0
-    for _, start in events:
-        running += 1 if start else -1
-        best = max(best, running)
-    return best
-
 
 @pytest.mark.parametrize("load, expected", [("0", 1), ("1000", 3)])
 def test_load_limit_like_make(load: str, expected: int, tmp_path: Path) -> None:
     # -l 0: the load is always too high, yet one command always runs (make -l 0 too).
-    text, log = spans(tmp_path, 4, 0.2)
+    text, log = span_commands(tmp_path, 4, 0.2)
     proc = mj("run", "-j", "3", "-l", load, input=text)
     assert proc.returncode == 0, describe(proc)
     assert len(log.read_text().splitlines()) == 8
-    assert peak(log) == expected
+    assert peak_overlap(read_spans(log)) == expected
 
 
 def test_loadavg_runnable_count() -> None:
@@ -376,7 +311,7 @@ def test_line_buffer_prints_lines_as_they_come(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env(),
+        env=clean_env(),
     )
     assert proc.stdout is not None
     # The first line must arrive while its command is still running (grouped output
@@ -432,7 +367,7 @@ def test_large_output_is_spooled_not_held_in_memory(tmp_path: Path) -> None:
                 input=f"head -c {size} /dev/zero\n".encode(),
                 stdout=sink,
                 stderr=subprocess.PIPE,
-                env=env(TMPDIR=str(tmp_path), PEAK_FD=str(w)),
+                env=clean_env(TMPDIR=str(tmp_path), PEAK_FD=str(w)),
                 pass_fds=(w,),
                 timeout=TIMEOUT,
             )
@@ -458,7 +393,7 @@ def test_progress_line_counts_and_eta_on_a_terminal(tmp_path: Path) -> None:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=slave,
-            env=env(),
+            env=clean_env(),
         )
         os.close(slave)
         assert child.stdin is not None

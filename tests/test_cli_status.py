@@ -8,48 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from makejobs.cli._holders import role_of, short_command
 from makejobs.protocol import describe_unsupported_auth, unlimited_jobs
+from processes import PY, clean_env, mj
 
-PY = sys.executable
-REPO = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL", "MAKEJOBS_LEDGER")
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
-
-
-def _mj(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "makejobs", *args],
-        env=_env() if env is None else env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def _status(makeflags: str) -> tuple[str, dict[str, Any]]:
-    text = _mj("status", env=_env(MAKEFLAGS=makeflags))
-    report = json.loads(_mj("status", "--json", env=_env(MAKEFLAGS=makeflags)).stdout)
+    text = mj("status", env=clean_env(MAKEFLAGS=makeflags))
+    report = json.loads(mj("status", "--json", env=clean_env(MAKEFLAGS=makeflags)).stdout)
     return text.stdout, report
 
 
@@ -90,10 +64,10 @@ def test_bare_j_is_unlimited_not_missing() -> None:
 
 
 def test_a_fifo_pool_says_make_before_4_4_cannot_join_it() -> None:
-    done = _mj("serve", "-j3", "--style", "fifo", "--", PY, "-m", "makejobs", "status")
+    done = mj("serve", "-j3", "--style", "fifo", "--", PY, "-m", "makejobs", "status")
     assert done.returncode == 0, done.stderr
     assert "make 4.3 and older cannot join it" in done.stdout, done.stdout
-    done = _mj("serve", "-j3", "--style", "pipe", "--", PY, "-m", "makejobs", "status")
+    done = mj("serve", "-j3", "--style", "pipe", "--", PY, "-m", "makejobs", "status")
     assert "cannot join it" not in done.stdout
 
 
@@ -158,7 +132,7 @@ HOLDER = textwrap.dedent(
 
 @pytest.mark.skipif(not LINUX, reason="holders are found through /proc")
 def test_status_lists_the_holders_their_tokens_and_the_owner() -> None:
-    done = _mj("serve", "-j4", "--", PY, "-c", HOLD_AND_LOOK, HOLDER, "--json")
+    done = mj("serve", "-j4", "--", PY, "-c", HOLD_AND_LOOK, HOLDER, "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     holder_pid = int(done.stderr.split("holder")[1].split()[0])
@@ -181,7 +155,7 @@ def test_status_lists_the_holders_their_tokens_and_the_owner() -> None:
         "held_by_makejobs_clients": 2,
     }
     assert os.getpid() not in by_pid
-    text = _mj("serve", "-j4", "--", PY, "-c", HOLD_AND_LOOK, HOLDER).stdout
+    text = mj("serve", "-j4", "--", PY, "-c", HOLD_AND_LOOK, HOLDER).stdout
     assert "1 free, 2 held, 2 of them by makejobs clients" in text, text
     assert "makejobs serve, owns the pool: makejobs serve -j4" in text, text
     assert "holds 2 token(s)" in text

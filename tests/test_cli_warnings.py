@@ -10,41 +10,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from makejobs.cli._diagnose import jobs_option, program_kind
+from processes import PY, clean_env, mj
 
-PY = sys.executable
-REPO = Path(__file__).resolve().parents[1]
 MAKE = "/usr/bin/make"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
-
-
-def _mj(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "makejobs", *args],
-        env=_env() if env is None else env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(
@@ -83,26 +56,26 @@ def test_program_kind() -> None:
 
 
 def test_serve_warns_about_j_given_to_make_and_ninja() -> None:
-    done = _mj("serve", "-j4", "--", MAKE, "-j8", "--version")
+    done = mj("serve", "-j4", "--", MAKE, "-j8", "--version")
     assert done.returncode == 0, done.stderr
     assert "warning:" in done.stderr and "'-j8'" in done.stderr, done.stderr
     assert "forced in submake" in done.stderr and "up to 8 jobs" in done.stderr
     assert "serve -j" in done.stderr  # the fix
-    done = _mj("serve", "-j4", "--", MAKE, "-j", "--version")
+    done = mj("serve", "-j4", "--", MAKE, "-j", "--version")
     assert "no limit" in done.stderr, done.stderr
     ninja = str(Path(PY).with_name("ninja"))
-    done = _mj("serve", "-j4", "--", ninja, "-j", "8", "--version")
+    done = mj("serve", "-j4", "--", ninja, "-j", "8", "--version")
     assert "ninja with -j does not use the pool" in done.stderr, done.stderr
 
 
 def test_serve_is_quiet_without_reasons() -> None:
-    done = _mj("serve", "-j4", "--", MAKE, "--version")
+    done = mj("serve", "-j4", "--", MAKE, "--version")
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 def test_serve_warns_when_it_stacks_a_pool_on_an_inherited_one() -> None:
     inner = [PY, "-m", "makejobs", "serve", "-j8", "--", PY, "-c", "pass"]
-    done = _mj("serve", "-j2", "--", *inner)
+    done = mj("serve", "-j2", "--", *inner)
     assert done.returncode == 0, done.stderr
     assert "already shared here" in done.stderr and "-j2" in done.stderr, done.stderr
     assert "without serve" in done.stderr
@@ -119,7 +92,7 @@ def test_serve_warns_when_it_stacks_a_pool_on_an_inherited_one() -> None:
     ],
 )
 def test_serve_explains_a_parent_pool_it_cannot_join(makeflags: str, words: list[str]) -> None:
-    done = _mj("serve", "-j2", "--", PY, "-c", "pass", env=_env(MAKEFLAGS=makeflags))
+    done = mj("serve", "-j2", "--", PY, "-c", "pass", env=clean_env(MAKEFLAGS=makeflags))
     assert done.returncode == 0, done.stderr
     for word in words:
         assert word in done.stderr, done.stderr
@@ -127,7 +100,7 @@ def test_serve_explains_a_parent_pool_it_cannot_join(makeflags: str, words: list
 
 def test_exec_warns_when_a_j_overrides_its_count() -> None:
     def under_pool(*cmd: str) -> str:
-        done = _mj("serve", "-j3", "--", PY, "-m", "makejobs", "exec", "--max", "2", "--", *cmd)
+        done = mj("serve", "-j3", "--", PY, "-m", "makejobs", "exec", "--max", "2", "--", *cmd)
         assert done.returncode == 0, done.stderr
         return done.stderr
 

@@ -20,27 +20,15 @@ from typing import Any
 import pytest
 
 from makejobs.cli.doctor import judge_ninja, parse_version, protected_fifo_applies
+from processes import PY, clean_env
 
-PY = sys.executable
-REPO = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL", "MAKEJOBS_LEDGER")
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
 
 
 def _run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
-        env=_env() if env is None else env,
+        env=clean_env() if env is None else env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -62,7 +50,7 @@ def test_no_pool_and_bare_j() -> None:
     status, report = _doctor()
     assert status == 1 and _ids(report) == ["no-pool"], report
     assert "makejobs serve" in report["findings"][0]["fix"]
-    status, report = _doctor(env=_env(MAKEFLAGS="-j"))
+    status, report = _doctor(env=clean_env(MAKEFLAGS="-j"))
     assert status == 1 and _ids(report) == ["bare-j"], report
     assert "make -jN" in report["findings"][0]["fix"]
 
@@ -77,7 +65,7 @@ def test_no_pool_and_bare_j() -> None:
     ],
 )
 def test_an_advertised_pool_that_cannot_be_used(auth: str, finding: str, words: str) -> None:
-    status, report = _doctor(env=_env(MAKEFLAGS=f" -j4 --jobserver-auth={auth}"))
+    status, report = _doctor(env=clean_env(MAKEFLAGS=f" -j4 --jobserver-auth={auth}"))
     assert status == 2 and report["advertised"] and not report["usable"]
     assert _ids(report) == [finding], report
     assert words in report["findings"][0]["message"] + report["findings"][0]["fix"]
@@ -86,7 +74,7 @@ def test_an_advertised_pool_that_cannot_be_used(auth: str, finding: str, words: 
 def test_a_fifo_nobody_holds_is_stale(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    status, report = _doctor(env=_env(MAKEFLAGS=f" -j2 --jobserver-auth=fifo:{fifo}"))
+    status, report = _doctor(env=clean_env(MAKEFLAGS=f" -j2 --jobserver-auth=fifo:{fifo}"))
     assert status == 2 and _ids(report) == ["fifo-stale"], report
 
 
@@ -94,7 +82,7 @@ def test_a_fifo_nobody_holds_is_stale(tmp_path: Path) -> None:
 def test_descriptors_reused_for_other_files_are_stale() -> None:
     # What a recipe without '+' under make 4.3 can see: the numbers name other files.
     line = f"exec {PY} -m makejobs doctor --json 3</etc/hostname 4>/dev/null"
-    done = _run(["/bin/sh", "-c", line], _env(MAKEFLAGS=" -j2 --jobserver-auth=3,4"))
+    done = _run(["/bin/sh", "-c", line], clean_env(MAKEFLAGS=" -j2 --jobserver-auth=3,4"))
     report = json.loads(done.stdout)
     assert done.returncode == 2 and _ids(report) == ["stale-fds"], report
     message = report["findings"][0]["message"]
@@ -103,7 +91,7 @@ def test_descriptors_reused_for_other_files_are_stale() -> None:
 
 @pytest.mark.skipif(not LINUX, reason="needs /proc")
 def test_closed_descriptors_no_ancestor_holds_are_stale() -> None:
-    status, report = _doctor(env=_env(MAKEFLAGS=" -j2 --jobserver-auth=57,58"))
+    status, report = _doctor(env=clean_env(MAKEFLAGS=" -j2 --jobserver-auth=57,58"))
     assert status == 2 and _ids(report) == ["stale-fds"], report
     assert "no ancestor" in report["findings"][0]["message"]
 
@@ -129,7 +117,7 @@ def test_a_python_parent_that_closed_the_fds_is_named() -> None:
 def test_a_usable_pool_and_a_command_that_would_leave_it() -> None:
     # The make and ninja doctor finds on PATH are judged too: put the test extra's wheels
     # (make 4.4.1, ninja 1.13) first, as an activated environment does.
-    wheels = _env(PATH=os.pathsep.join([str(Path(PY).parent), os.environ.get("PATH", "")]))
+    wheels = clean_env(PATH=os.pathsep.join([str(Path(PY).parent), os.environ.get("PATH", "")]))
     serve = [PY, "-m", "makejobs", "serve", "-j2", "--style", "fifo", "--"]
     done = _run([*serve, PY, "-m", "makejobs", "doctor", "--json"], wheels)
     report = json.loads(done.stdout)

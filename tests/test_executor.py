@@ -49,6 +49,7 @@ from makejobs._frames import KEPT_BUFFER_MAX as _KEPT_BUFFER_MAX
 from makejobs._frames import FrameReader as _FrameReader
 from makejobs._frames import advance as _advance
 from makejobs._frames import send as _send
+from spans import peak_overlap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,16 +195,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = PATIENCE) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.005)
-
-
-def peak_overlap(intervals: list[tuple[float, float]]) -> int:
-    # At equal instants an end (-1) sorts before a start (+1): a handed-over slot is one.
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    level = peak = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    return peak
 
 
 def clean_environ() -> dict[str, str]:

@@ -34,27 +34,13 @@ from makejobs import (
     TokenPool,
     parse_makeflags,
 )
+from spans import peak_overlap, span
 
 METHODS = ["fork", "forkserver", "spawn"]
 FAST = "fork"
 
 
 # -- job functions (module level so spawn can pickle them) --------------------------------
-
-
-def span(seconds: float) -> tuple[float, float]:
-    start = time.monotonic()
-    time.sleep(seconds)
-    return start, time.monotonic()
-
-
-def peak_overlap(spans: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    peak = level = 0
-    for _, delta in events:  # an end sorts before a start at the same instant
-        level += delta
-        peak = max(peak, level)
-    return peak
 
 
 def recurse(js: Jobserver, depth: int) -> int:

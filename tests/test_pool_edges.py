@@ -32,6 +32,7 @@ import pytest
 from inherited import closed_fd_pair, inherited_pipe
 from makejobs import Jobserver, JobserverUnavailable, TokenPool, _posix
 from makejobs.pool import choose_advertised
+from spans import peak_overlap
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -381,15 +382,6 @@ def stamp() -> tuple[int, int]:
     return start, time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-def peak(spans: list[tuple[int, int]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, 0) for _, e in spans])
-    level = top = 0
-    for _, starts in events:  # an end sorts before a start at the same instant
-        level += 1 if starts else -1
-        top = max(top, level)
-    return top
-
-
 def test_jobserver_under_a_stale_cargo_makeflags_runs_on_the_makeflags_pool(
     two_pools: tuple[str, str, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -402,7 +394,7 @@ def test_jobserver_under_a_stale_cargo_makeflags_runs_on_the_makeflags_pool(
         with Jobserver("fork") as js:
             assert js.pool.variable == "MAKEFLAGS" and js.pool.slots == 3
             spans = [f.result(30) for f in [js.submit(stamp) for _ in range(3)]]
-    assert peak(spans) == 3  # the implicit slot and make's two tokens, at once
+    assert peak_overlap(spans) == 3  # the implicit slot and make's two tokens, at once
     assert pending(mr) == 2
 
 

@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from makejobs.errors import Blocked, TokenCountWarning
+from makejobs.errors import Blocked
 from makejobs.pool import Style, TokenPool
 from makejobs.process import JobPopen, popen, run
+from pools import close_clean
+from processes import clean_env
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 30
 
 # A child that joins the pool it was given and reports what it got.
@@ -54,27 +55,6 @@ JOINER = textwrap.dedent(
 )
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """os.environ without an outer pool, with makejobs importable in the child."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")
-    }
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO) if not old else os.pathsep.join([str(REPO), old])
-    env.update(extra)
-    return env
-
-
-def close_clean(pool: TokenPool) -> int | None:
-    """Close a created pool; fail on any TokenCountWarning or ResourceWarning."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = pool.close()
-    bad = [w for w in caught if issubclass(w.category, (TokenCountWarning, ResourceWarning))]
-    assert not bad, [str(w.message) for w in bad]
-    return found
-
-
 @pytest.fixture(params=["pipe", "fifo"])
 def style(request: pytest.FixtureRequest) -> Style:
     return request.param  # type: ignore[no-any-return]
@@ -84,7 +64,7 @@ def test_run_exports_pool_and_runs_child_on_its_slot(style: Style) -> None:
     pool = TokenPool.create(3, style=style)
     proc = pool.run(
         [sys.executable, "-c", JOINER],
-        env=child_env(FOO="bar"),
+        env=clean_env(FOO="bar"),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -252,7 +232,7 @@ def test_user_pass_fds_are_kept_alongside_the_pool() -> None:
     try:
         proc = pool.run(
             [sys.executable, "-c", textwrap.dedent(f"import os\nos.write({w}, b'x')\n") + JOINER],
-            env=child_env(),
+            env=clean_env(),
             pass_fds=(w,),
             capture_output=True,
             timeout=TIMEOUT,
@@ -279,7 +259,7 @@ def test_close_fds_false_is_honoured_without_warnings() -> None:
                     "-c",
                     textwrap.dedent(f"import os\nos.write({w}, b'y')\n") + JOINER,
                 ],
-                env=child_env(),
+                env=clean_env(),
                 close_fds=False,
                 capture_output=True,
                 timeout=TIMEOUT,

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import select
 import stat
-import warnings
 
 import pytest
 
-from makejobs.errors import TokenCountWarning
 from makejobs.pool import TokenPool
 from makejobs.protocol import FifoAuth, parse_makeflags
 from makejobs.relay import WAITING, Relay
+from pools import close_clean
 
 BOUND = 10  # seconds: only a broken relay waits this long
 
@@ -31,15 +30,6 @@ def take(fd: int) -> bytes:
             return os.read(fd, 1)
         except BlockingIOError:
             continue
-
-
-def close_clean(pool: TokenPool) -> int | None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = pool.close()
-    bad = [w for w in caught if issubclass(w.category, (TokenCountWarning, ResourceWarning))]
-    assert not bad, [str(w.message) for w in bad]
-    return found
 
 
 def test_tokens_flow_through_the_fifo_and_all_come_back() -> None:

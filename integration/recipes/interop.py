@@ -1,6 +1,6 @@
 """Python programs for the interop matrix (``test_interop_matrix.py``), one per sub-command.
 
-Every job logs one span in the shared log (``spans.py``); every program writes a JSON
+Every job logs one span in the shared log (``tests/spans.py``); every program writes a JSON
 report of the pool it found (``--report``) and prints any warning it got to stderr, so the
 output of the parent (make, serve, ...) shows it.
 
@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # spans.py
 
 import spans
 from makejobs import Jobserver, JobserverExecutor

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # spans.py
 
 import spans
 from makejobs import Jobserver, JobserverUnavailable, TokenPool, _posix

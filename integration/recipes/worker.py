@@ -42,8 +42,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-# The recipes live in integration/recipes; the span helpers in integration/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The recipes live in integration/recipes; the span helpers in tests/spans.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 import spans
 from makejobs.errors import JobserverUnavailable

@@ -17,12 +17,20 @@ spans can never exceed the number of slots in use, and a peak above the pool siz
 oversubscription.
 
 The writer side (:func:`now_ns`, :func:`append_event`, :func:`run_job`) is imported by the
-recipe scripts in ``recipes/`` and uses only the standard library.
+recipe scripts in ``integration/recipes/`` and uses only the standard library; run as a
+program, ``python spans.py LOG NAME SECONDS`` is one such job.
+
+Jobs that run inside Python (a ``Jobserver`` or executor task) return their span instead:
+:func:`span` is such a job, and :func:`peak_overlap` takes ``(start, end)`` pairs as well
+as :class:`Span` records. This is the one home of span measuring for tests/, integration/
+and the benchmarks that import it.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,10 +40,13 @@ __all__ = [
     "LogError",
     "Span",
     "append_event",
+    "logged_peak",
     "now_ns",
     "peak_overlap",
     "read_spans",
     "run_job",
+    "span",
+    "span_commands",
 ]
 
 
@@ -122,16 +133,40 @@ def read_spans(log: str | os.PathLike[str]) -> list[Span]:
     return sorted(spans, key=lambda s: (s.start, s.end, s.name))
 
 
-def peak_overlap(spans: Iterable[Span]) -> int:
-    """The largest number of spans running at one instant.
+def span_commands(directory: Path, count: int, seconds: float) -> tuple[str, Path]:
+    """Shell command lines for *count* jobs of *seconds* each, and the log they write.
+
+    Each line runs this file as a program (one job, named ``j0``, ``j1``...); the log is
+    ``spans.log`` in *directory*.
+    """
+    log = directory / "spans.log"
+    here = str(Path(__file__).resolve())
+    program = f"{shlex.quote(sys.executable)} {shlex.quote(here)} {shlex.quote(str(log))}"
+    return "".join(f"{program} j{i} {seconds}\n" for i in range(count)), log
+
+
+def span(seconds: float) -> tuple[float, float]:
+    """A job that works (sleeps) for *seconds*; its interval in ``time.monotonic()`` seconds.
+
+    On Linux that clock is ``CLOCK_MONOTONIC``, so spans returned by different job
+    processes compare.
+    """
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
+def peak_overlap(spans: Iterable[Span] | Iterable[tuple[float, float]]) -> int:
+    """The largest number of spans (or ``(start, end)`` pairs) running at one instant.
 
     Events are swept in time order; at equal timestamps ends come before starts, so a job
     that starts exactly when another ends (a slot handed over) is not counted twice.
     """
-    events: list[tuple[int, int]] = []
-    for span in spans:
-        events.append((span.start, 1))
-        events.append((span.end, 0))
+    events: list[tuple[float, int]] = []
+    for item in spans:
+        start, end = (item.start, item.end) if isinstance(item, Span) else item
+        events.append((start, 1))
+        events.append((end, 0))
     # (time, 0) sorts before (time, 1): ends first at ties.
     events.sort()
     running = peak = 0
@@ -142,3 +177,16 @@ def peak_overlap(spans: Iterable[Span]) -> int:
         else:
             running -= 1
     return peak
+
+
+def logged_peak(log: str | os.PathLike[str], names: Iterable[str]) -> int:
+    """The peak overlap of the spans in *log*, which must be exactly the jobs *names*."""
+    spans = read_spans(log)
+    assert sorted(s.name for s in spans) == sorted(names), (log, [s.name for s in spans])
+    return peak_overlap(spans)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(f"usage: {sys.argv[0]} LOG NAME SECONDS")
+    run_job(sys.argv[1], sys.argv[2], float(sys.argv[3]))
