@@ -86,7 +86,8 @@ def inner_environ(tmp_path: Path, pool: TokenPool | None = None, **extra: str) -
     env = clean_environ(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     if pool is not None:
         env = pool.environ(env)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    tests = str(HERE.parent / "tests")  # spans.py
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, env.get("PYTHONPATH")]))
     env.update(LOG=str(tmp_path / "spans.log"), WORKERS_FILE=str(tmp_path / "workers"), **extra)
     return env
 

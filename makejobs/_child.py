@@ -25,8 +25,8 @@ import pickle
 import struct
 import sys
 import traceback
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
 
 from . import _core, _forks, _outcomes, _posix
 from .errors import RemoteTraceback
@@ -38,10 +38,12 @@ __all__ = [
     "LOST",
     "OK",
     "RAISED",
+    "ChunkResult",
     "Env",
     "decode_frame",
     "frame_complete",
     "run",
+    "run_chunk",
     "run_job",
 ]
 
@@ -435,3 +437,24 @@ def attach_traceback(exc: BaseException, text: str | None) -> BaseException:
     if text:
         exc.__cause__ = RemoteTraceback(text)
     return exc
+
+
+#: What :func:`run_chunk` returns: the values, then the error and its traceback's text.
+ChunkResult = tuple[list[Any], Union[tuple[BaseException, str], None]]
+
+
+def run_chunk(
+    fn: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> ChunkResult:
+    """Call ``fn(*args, **kwargs)`` for each call, in order, until one raises.
+
+    The values of the calls before, then what the one that raised raised and
+    its formatted traceback (which does not pickle with it), or None.
+    """
+    values: list[Any] = []
+    for args, kwargs in calls:
+        try:
+            values.append(fn(*args, **kwargs))
+        except Exception as e:
+            return values, (e, "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    return values, None

@@ -33,7 +33,7 @@ from typing import Any
 
 from . import _child, _forks, _posix
 from .errors import CallbackRaised
-from .future import DONE, Future
+from .future import Future
 from .pool import Token, TokenPool
 
 __all__ = ["Engine", "live_engines", "progress", "running_jobs"]
@@ -173,7 +173,7 @@ class Engine:
 
     def owns(self, tokens: list[Token]) -> bool:
         """True if a registered job holds *tokens* (the list object itself)."""
-        return any(future._tokens is tokens for future in [*self.running, *self.finishing])
+        return any(future._holds(tokens) for future in [*self.running, *self.finishing])
 
     def _wake_others(self) -> None:
         """Tell threads blocked in poll() that the set of fds to watch changed."""
@@ -196,23 +196,17 @@ class Engine:
 
     def service(self, future: Future[Any]) -> None:
         """Advance *future* without blocking; once it is done, finish it."""
-        lock = future._lock
-        if not lock.acquire(False):
-            return  # another thread is advancing it right now
+        # Reading the result and reaping the process are a few calls each; a
+        # KeyboardInterrupt between two of them would cost the result.
+        old = _sigmask(_SIG_BLOCK, ())
         try:
-            # Reading the result and reaping the process are a few calls each;
-            # a KeyboardInterrupt between two of them would cost the result.
-            old = _sigmask(_SIG_BLOCK, ())
-            try:
-                _sigmask(_SIG_BLOCK, _INTERRUPTS)
-                finished = future._advance()
-                if finished:
-                    self.finishing[future] = None  # before it leaves `running`
-                    self.running.pop(future, None)
-            finally:
-                _sigmask(_SIG_SETMASK, old)
+            _sigmask(_SIG_BLOCK, _INTERRUPTS)
+            finished = future._try_advance()  # None: another thread is at it
+            if finished:
+                self.finishing[future] = None  # before it leaves `running`
+                self.running.pop(future, None)
         finally:
-            lock.release()
+            _sigmask(_SIG_SETMASK, old)
         if finished:
             self.finish(future)
 
@@ -220,7 +214,7 @@ class Engine:
         """Give back a done job's tokens and schedule its callbacks; safe to repeat,
         also from several threads at once."""
         pool = self.pool
-        for token in list(future._tokens):
+        for token in future._held_tokens():
             if token.released:
                 continue
             try:
@@ -231,17 +225,10 @@ class Engine:
                 # the job by another handle's owner, which gave it back then.
                 if not (token.released or pool.closed):
                     raise
-        future._tokens = []
-        with future._lock:
-            # Callbacks run only once the tokens are back. A when_done() racing
-            # with us either lands before this test (and we schedule it) or
-            # sees the future settled (and schedules itself).
-            scheduled = future._settled
-            future._settled = True
-            has_callbacks = bool(future._callbacks)
-            if has_callbacks and not scheduled:
-                with self.lock:
-                    self.due.append(future)
+        # Callbacks run only once the tokens are back. A when_done() racing
+        # with us either lands before the future is settled (and we schedule
+        # it) or sees it settled (and schedules itself).
+        future._tokens_back(self._schedule)
         self.finishing.pop(future, None)
         if self.waiters:
             self._wake_others()
@@ -303,6 +290,9 @@ class Engine:
 
     def schedule_callbacks(self, future: Future[Any]) -> None:
         self.own()
+        self._schedule(future)
+
+    def _schedule(self, future: Future[Any]) -> None:
         with self.lock:
             self.due.append(future)
 
@@ -395,19 +385,19 @@ def progress(
         # snapshot finds us among the waiters and wakes us.
         for engine in engines:
             engine.waiters.add(wake.w)
-    stranded: list[Future[Any]] = []
+    stranded: list[tuple[Engine, Future[Any]]] = []
     try:
-        watched: dict[int, Future[Any]] = {}
+        watched: dict[int, tuple[Engine, Future[Any]]] = {}
         for engine in engines:
             for future in list(engine.running):
-                fd = future._watch
+                fd = future._watched()
                 if fd is not None:
-                    watched[fd] = future
+                    watched[fd] = (engine, future)
                     register(fd, _POLLIN)
-                elif future._state is DONE:
+                elif future._finished():
                     # Done, but an interruption kept service() from moving it on.
-                    stranded.append(future)
-        if stranded or any(future._state is DONE for future in waiting_for):
+                    stranded.append((engine, future))
+        if stranded or any(future._finished() for future in waiting_for):
             ms = 0
         elif timeout is None:
             ms = -1
@@ -418,8 +408,7 @@ def progress(
         if wake is not None:
             for engine in engines:
                 engine.waiters.discard(wake.w)
-    for future in stranded:
-        engine = future._engine
+    for engine, future in stranded:
         engine.finishing[future] = None
         engine.running.pop(future, None)
         engine.finish(future)
@@ -432,7 +421,7 @@ def progress(
         else:
             ready = watched.get(fd)
             if ready is not None:
-                ready._engine.service(ready)
+                ready[0].service(ready[1])
     return pool_ready
 
 

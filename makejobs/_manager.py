@@ -49,8 +49,7 @@ from typing import Any
 
 from . import _child, _frames, _settle
 from ._worker_handle import Task, WorkerHandle, close_parent_fd, open_parent_pipe
-from .errors import SubmissionDied
-from .future import describe_exit
+from .errors import SubmissionDied, describe_exit
 from .pool import Token, TokenPool
 
 __all__ = ["LOCKED_FUTURE_GRACE", "Manager"]

@@ -8,6 +8,7 @@ task before sending it and gives it back when the result arrives.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import sys
@@ -120,4 +121,12 @@ def worker_main(
 
 
 def call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in chunk]
+    """The values of ``fn(*args)`` for the chunk, or what the first call to raise raised.
+
+    As ``ProcessPoolExecutor`` does, a call that raises fails its whole chunk:
+    ``Executor.map`` re-raises at the chunk's first position.
+    """
+    values, error = _child.run_chunk(fn, zip(chunk, itertools.repeat({})))
+    if error is not None:
+        raise error[0]
+    return values

@@ -8,6 +8,7 @@ importing anything in between.
 from __future__ import annotations
 
 import enum
+import signal
 
 __all__ = [
     "Blocked",
@@ -19,6 +20,7 @@ __all__ = [
     "SubmissionDied",
     "TokenCountWarning",
     "Unavailable",
+    "describe_exit",
 ]
 
 
@@ -138,6 +140,22 @@ class SubmissionDied(Exception):
         super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode
+
+
+def describe_exit(pid: int, exitcode: int | None) -> str:
+    """Say how process *pid* ended without a result, in words a user can act on.
+
+    *exitcode* as :attr:`SubmissionDied.exitcode` has it (negative: the signal).
+    """
+    if exitcode is None:
+        return f"job process {pid} ended without a result (its exit status is unknown)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"job process {pid} was killed by {name} ({-exitcode}) before it returned a result"
+    return f"job process {pid} exited with code {exitcode} before it returned a result"
 
 
 class JobStartFailed(RuntimeError):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import _thread
 import errno
-import os
 import signal as _signal
 import threading
 from collections.abc import Callable
@@ -31,10 +30,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _child
 from ._checks import check_timeout
-from .errors import Blocked, SubmissionDied
+from .errors import Blocked, SubmissionDied, describe_exit
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._job import JobProcess, Output
     from .pool import Token
 
 __all__ = ["Future"]
@@ -48,155 +48,8 @@ DONE = "done"
 ABANDONED = "abandoned"
 
 
-_HAVE_PIDFD = hasattr(os, "pidfd_open")
 # The C class itself: threading.RLock is a Python function that picks it.
 _RLock = getattr(_thread, "RLock", threading.RLock)
-_READ_SIZE = 1 << 16
-
-
-class _JobProcess:
-    """What both kinds of job process share: a pid that is signalled only until reaped."""
-
-    __slots__ = ()
-
-    pid: int
-    _reaped: bool
-
-    def kill(self, signum: int) -> None:
-        if not self._reaped:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-
-class _Process(_JobProcess):
-    """A job process we forked ourselves: reaped with waitpid, watched with a pidfd.
-
-    The pidfd is opened when first asked for (:meth:`exit_fd`): at the fork
-    when the frame comes in a memfd, else only once the job has written its
-    frame and waiting for its exit is all that is left. An unreaped child
-    keeps its pid, so opening it late is as safe as at the fork.
-    """
-
-    __slots__ = ("_pidfd", "_reaped", "exitcode", "pid")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.exitcode: int | None = None
-        self._reaped = False
-        self._pidfd: int | None = None
-
-    def exit_fd(self) -> int | None:
-        """An fd readable once the process has exited (a pidfd), or None if there is none."""
-        if self._pidfd is None and _HAVE_PIDFD and not self._reaped:
-            try:
-                self._pidfd = os.pidfd_open(self.pid)
-            except ProcessLookupError:
-                # Our unreaped child would still have its pid: it was reaped for
-                # us (SIGCHLD ignored) or by someone else. Its status is lost.
-                self._reaped = True
-            except OSError:
-                pass
-        return self._pidfd
-
-    def poll(self, block: bool = False) -> bool:
-        """Reap the process if it has exited (waiting when *block*); True once reaped."""
-        if self._reaped:
-            return True
-        try:
-            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            pid, status = self.pid, None  # someone else reaped it (SIGCHLD ignored?)
-        if pid == 0:
-            return False
-        self._reaped = True
-        if status is not None:
-            self.exitcode = os.waitstatus_to_exitcode(status)
-        pidfd = self._pidfd
-        if pidfd is not None:
-            self._pidfd = None  # forgotten before it is closed: see forget_pidfd
-            os.close(pidfd)
-        return True
-
-    def forget_pidfd(self, close: bool) -> None:
-        # Forget before closing: see Future._advance.
-        pidfd, self._pidfd = self._pidfd, None
-        if pidfd is not None and close:
-            os.close(pidfd)
-
-
-class _MultiprocessingProcess(_JobProcess):
-    """A job started through a multiprocessing context (spawn, forkserver)."""
-
-    __slots__ = ("_process", "_reaped", "exitcode", "pid")
-
-    def __init__(self, process: Any) -> None:
-        self._process = process
-        self.pid: int = process.pid
-        self.exitcode: int | None = None
-        self._reaped = False
-
-    def exit_fd(self) -> int | None:
-        return None if self._reaped else int(self._process.sentinel)
-
-    def poll(self, block: bool = False) -> bool:
-        if self._reaped:
-            return True
-        self._process.join(None if block else 0)
-        if self._process.exitcode is None:
-            if not _reaped_elsewhere(self.pid, self._process.sentinel):
-                return False
-            # Gone, yet multiprocessing cannot reap it: SIGCHLD is ignored (the
-            # kernel reaped it, and waitpid fails), or someone else reaped it.
-            # Its exit status is lost; what it wrote is not.
-            self._reaped = True
-            _forget_multiprocessing_child(self._process)
-            return True
-        self.exitcode = self._process.exitcode
-        self._reaped = True
-        self._process.close()
-        return True
-
-
-def _reaped_elsewhere(pid: int, sentinel: int) -> bool:
-    """True when our child *pid* has exited and can no longer be reaped by us."""
-    import select
-
-    readable, _, _ = select.select([sentinel], [], [], 0)
-    if not readable:
-        return False  # still running (its sentinel closes as it exits)
-    if not hasattr(os, "waitid"):  # pragma: no cover - every POSIX system we know has it
-        return False
-    try:
-        # WNOWAIT: only look. An exiting child that is not a zombie yet gives None.
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return False
-
-
-def _forget_multiprocessing_child(process: Any) -> None:
-    # multiprocessing keeps unreaped children in a module set and polls them on
-    # every active_children(); one that can never be reaped would stay forever.
-    from multiprocessing import process as mp_process
-
-    children = getattr(mp_process, "_children", None)
-    if isinstance(children, set):
-        children.discard(process)
-
-
-def describe_exit(pid: int, exitcode: int | None) -> str:
-    """Say how process *pid* ended, in the words a user can act on."""
-    if exitcode is None:
-        return f"job process {pid} ended without a result (its exit status is unknown)"
-    if exitcode < 0:
-        try:
-            name = _signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"job process {pid} was killed by {name} ({-exitcode}) before it returned a result"
-    return f"job process {pid} exited with code {exitcode} before it returned a result"
 
 
 class Future(Generic[T]):
@@ -209,13 +62,11 @@ class Future(Generic[T]):
     __slots__ = (
         "__weakref__",
         "_callbacks",
-        "_data",
         "_engine",
-        "_fd",
         "_lock",
-        "_memfd",
         "_next_callback",
         "_outcome",
+        "_output",
         "_process",
         "_settled",
         "_state",
@@ -226,29 +77,23 @@ class Future(Generic[T]):
     def __init__(
         self,
         engine: Engine,
-        process: _Process | _MultiprocessingProcess,
-        result_fd: int,
+        process: JobProcess,
+        output: Output,
         tokens: list[Token],
-        memfd: int | None = None,
     ) -> None:
         self._engine = engine
         self._process = process
-        # The read end of the job's pipe: its frame comes through it, or, with a
-        # *memfd*, only its end-of-file (once the job and all it forked are gone).
-        self._fd: int | None = result_fd
-        # The memfd the child writes its frame into, read once the process is reaped.
-        self._memfd = memfd
+        # The pipe the frame comes through, or, with a memfd, only the pipe's
+        # end-of-file (once the job and all it forked are gone): see _job.Output.
+        self._output = output
         # The fd whose readiness means progress (the pipe or the exit fd), None
         # once done. Changed only under _lock, by _advance.
-        watch = None if memfd is None else process.exit_fd()
-        self._watch: int | None = result_fd if watch is None else watch
-        # What the pipe delivered so far: bytes while it came in one read (the
-        # usual case), a bytearray once a second chunk had to be appended.
-        self._data: bytes | bytearray = b""
+        watch = None if output.memfd is None else process.exit_fd()
+        self._watch: int | None = output.fd if watch is None else watch
         self._tokens = tokens
         self._state = RUNNING
-        # Done *and* its tokens are back: what when_done() waits for. Set by the
-        # engine under _lock once it has released them.
+        # Done *and* its tokens are back: what when_done() waits for. Set under
+        # _lock once the engine has given them back (_tokens_back).
         self._settled = False
         self._outcome: tuple[int, Any] | None = None
         self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
@@ -375,12 +220,15 @@ class Future(Generic[T]):
         self._engine.own()
         self._check_owned()
         with self._lock:
-            self._callbacks.append((fn, args, kwargs))
             # Not just DONE: the thread that completed the job may not have given
             # its token back yet, and then it schedules this callback itself.
+            # Scheduled before it is added: an interruption in between leaves
+            # the future due with nothing new to run, never a callback unrun.
             done = self._settled
+            if done:
+                self._engine.schedule_callbacks(self)
+            self._callbacks.append((fn, args, kwargs))
         if done:
-            self._engine.schedule_callbacks(self)
             self._engine.run_callbacks()
 
     def kill(self, signum: int = _signal.SIGTERM) -> None:
@@ -443,7 +291,56 @@ class Future(Generic[T]):
                 " forked; only the parent can wait for it, kill it or add callbacks to it"
             )
 
-    # -- completion (called by the engine) ------------------------------------------------
+    # -- the engine's interface ----------------------------------------------------------
+    # The engine decides when to look; the future decides what it sees means.
+
+    def _owner(self) -> Engine:
+        """The engine that registered this job."""
+        return self._engine
+
+    def _finished(self) -> bool:
+        """Whether the outcome is known (the process reaped, its tokens maybe not back yet)."""
+        return self._state is DONE
+
+    def _failed(self) -> bool:
+        """Whether the job is done and did not return a value."""
+        outcome = self._outcome
+        return self._state is DONE and outcome is not None and outcome[0] != _child.OK
+
+    def _watched(self) -> int | None:
+        """The fd whose readiness means this job can make progress (None once done)."""
+        return self._watch
+
+    def _holds(self, tokens: list[Token]) -> bool:
+        """Whether this job holds *tokens* (the very list its submit took them into)."""
+        return self._tokens is tokens
+
+    def _held_tokens(self) -> list[Token]:
+        """The tokens to give back once the job is done."""
+        return list(self._tokens)
+
+    def _tokens_back(self, schedule: Callable[[Future[Any]], None]) -> None:
+        """The engine gave every token back: settle, and *schedule* the callbacks.
+
+        Safe to repeat: a completion interrupted after scheduling schedules
+        again, which runs nothing twice (each callback is handed out once).
+        """
+        self._tokens = []
+        with self._lock:
+            if not self._settled:
+                if self._callbacks:
+                    schedule(self)
+                self._settled = True
+
+    def _try_advance(self) -> bool | None:
+        """:meth:`_advance`, unless another thread is advancing this job (None)."""
+        lock = self._lock
+        if not lock.acquire(False):
+            return None
+        try:
+            return self._advance()
+        finally:
+            lock.release()
 
     def _advance(self) -> bool:
         """Make what progress is possible without blocking. True once the job is done.
@@ -466,37 +363,17 @@ class Future(Generic[T]):
             return True
         if self._outcome is not None:
             return self._settle_outcome()
-        if self._memfd is not None:
+        output = self._output
+        if output.memfd is not None:
             return self._advance_in_memory()
-        fd = self._fd
-        if fd is not None:
-            try:
-                while True:
-                    chunk = os.read(fd, _READ_SIZE)
-                    if not chunk:
-                        # Forget the fd before closing it: a job forked by another
-                        # thread right after the close could get the same number
-                        # for its own pipe, and a later cleanup of this future
-                        # must not close that.
-                        self._fd = None
-                        self._state = EXITING
-                        os.close(fd)
-                        fd = None
-                        break
-                    data = self._data
-                    if not data:
-                        self._data = chunk
-                    else:
-                        if type(data) is bytes:
-                            data = self._data = bytearray(data)
-                        data += chunk
-            except BlockingIOError:
-                pass
-        process = self._process
-        if fd is not None and not _child.frame_complete(self._data):
+        if output.read():
+            self._state = EXITING
+        fd = output.fd
+        if fd is not None and not output.frame_complete():
             # The pipe is open and the frame incomplete: wait for more data.
             self._watch = fd
             return False
+        process = self._process
         if not process.poll():
             exit_fd = process.exit_fd()
             if exit_fd is not None:
@@ -511,7 +388,7 @@ class Future(Generic[T]):
         if fd is not None:
             self._watch = fd  # reaped, but a grandchild still holds the pipe
             return False
-        self._outcome = _child.decode_frame(self._data)
+        self._outcome = output.decode()
         return self._settle_outcome()
 
     def _advance_in_memory(self) -> bool:
@@ -531,29 +408,17 @@ class Future(Generic[T]):
                 self._watch = exit_fd
                 return False
             process.poll(block=True)  # pragma: no cover - the pidfd was open at the fork
-        fd = self._fd
-        if fd is not None:
-            try:
-                while os.read(fd, _READ_SIZE):
-                    pass  # nothing is written to it; whatever is, is not ours
-            except BlockingIOError:
-                self._watch = fd
-                return False
-            self._fd = None  # forgotten before it is closed: see _advance
-            self._state = EXITING
-            os.close(fd)
-        memfd = self._memfd
-        assert memfd is not None
-        self._outcome = _child.decode_frame(_read_memfd(memfd))
+        output = self._output
+        if not output.drain():
+            self._watch = output.fd
+            return False
+        self._state = EXITING
+        self._outcome = output.decode()
         return self._settle_outcome()
 
     def _settle_outcome(self) -> bool:
         """The outcome is known: let go of what is left and be done."""
-        memfd = self._memfd
-        if memfd is not None:
-            self._memfd = None
-            os.close(memfd)
-        self._data = b""
+        self._output.close()
         self._state = DONE
         self._watch = None
         return True
@@ -570,41 +435,16 @@ class Future(Generic[T]):
 
     def _abandon_after_fork(self) -> None:
         """In a forked child: forget a sibling job that belongs to the parent."""
-        fds = [self._fd, self._memfd, getattr(self._process, "_pidfd", None)]
-        self._fd = self._memfd = self._watch = None
+        self._watch = None
         # Never signalled from here: the pid is the parent's to reap, and reuse.
-        self._process._reaped = True
-        if isinstance(self._process, _Process):
-            self._process.forget_pidfd(close=False)
-        for fd in fds:
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        self._process.abandon()
+        self._output.abandon()
         self._tokens = []
         self._lock = _RLock()
         self._state = ABANDONED
 
 
-def _read_memfd(fd: int) -> bytes:
-    """Everything written to the memfd *fd* (from offset 0, whatever its offset)."""
-    data = os.pread(fd, _READ_SIZE, 0)
-    if len(data) < _READ_SIZE:
-        return data
-    size = os.fstat(fd).st_size
-    parts = [data]
-    offset = len(data)
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
-
-
-def _submission_died(process: _Process | _MultiprocessingProcess, payload: Any) -> SubmissionDied:
+def _submission_died(process: JobProcess, payload: Any) -> SubmissionDied:
     if payload is None:
         return SubmissionDied(
             describe_exit(process.pid, process.exitcode),

@@ -24,13 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
-import multiprocessing
-import os
-import pickle
 import signal
-import sys
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
@@ -38,11 +32,12 @@ from multiprocessing.context import BaseContext
 from time import monotonic
 from typing import Any, TypeVar, Union
 
-from . import _child, _forkserver, _posix, guardian
+from . import _child, _job, guardian
 from ._checks import check_buffersize, check_count, check_timeout
 from ._engine import Engine
-from .errors import Blocked, CallbackRaised, JobserverUnavailable, JobStartFailed
-from .future import Future, _MultiprocessingProcess, _Process
+from ._job import AUTO, JobProcess, Output, threads
+from .errors import Blocked, CallbackRaised, JobserverUnavailable
+from .future import Future
 from .pool import Token, TokenPool, join_or_create, usable_cpus
 
 __all__ = ["AUTO", "EnvLike", "Jobserver", "SleepFn", "default_pool", "threads", "usable_cpus"]
@@ -53,14 +48,6 @@ T = TypeVar("T")
 EnvLike = Union[Mapping[str, Union[str, None]], Iterable[tuple[str, Union[str, None]]]]
 #: ``sleep_fn=``: None admits now; a number asks again after that many seconds.
 SleepFn = Callable[[], Union[float, int, None]]
-
-_BLOCKED_SIGNALS = _posix.INTERRUPTS
-_SIG_BLOCK = _posix.SIG_BLOCK
-_SIG_SETMASK = _posix.SIG_SETMASK
-_sigmask = _posix.sigmask
-# Errors multiprocessing lets out when it cannot start a process, its fork
-# server being dead or dying: named for what they mean (see _start).
-_START_ERRORS = (ChildProcessError, EOFError, ConnectionError, FileNotFoundError)
 
 
 def _normalize_env(env: EnvLike | None) -> _child.Env:
@@ -83,53 +70,6 @@ def _normalize_env(env: EnvLike | None) -> _child.Env:
             raise ValueError(f"env value for {name!r} contains a NUL character")
         result.append((name, value))
     return tuple(result)
-
-
-#: The start method that forks while the process has one thread, else uses the fork server.
-AUTO = "auto"
-
-
-def _resolve_context(context: BaseContext | str | None) -> BaseContext | None:
-    """The context *context* names, or None for :data:`AUTO`."""
-    if context is None:
-        return None if _auto_by_default() else multiprocessing.get_context()
-    if context == AUTO:
-        if not _auto_possible():
-            raise ValueError("the 'auto' start method needs both fork and forkserver")
-        return None
-    if isinstance(context, str):
-        return multiprocessing.get_context(context)
-    if isinstance(context, BaseContext):
-        return context
-    raise TypeError(f"context must be None, a start method name or a context, not {context!r}")
-
-
-def _auto_possible() -> bool:
-    methods = multiprocessing.get_all_start_methods()
-    return "fork" in methods and "forkserver" in methods
-
-
-def _auto_by_default() -> bool:
-    """Whether a Jobserver without a context uses :data:`AUTO`.
-
-    Where the platform's default start method is fork or forkserver (Linux
-    and the BSDs, not macOS, where forking is unsafe even with one thread),
-    unless :func:`multiprocessing.set_start_method` chose another method
-    (one equal to the platform's default cannot be told from it).
-    """
-    default = multiprocessing.get_all_start_methods()[0]  # the first is the default
-    chosen = multiprocessing.get_start_method(allow_none=True)
-    return default in ("fork", "forkserver") and chosen in (None, default) and _auto_possible()
-
-
-def threads() -> int:
-    """How many threads this process has, counted as CPython counts them when it
-    decides whether to warn that fork() may deadlock: the kernel's count on
-    Linux (C threads included), else the threading module's."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
 
 
 def _check_sleep_result(value: object) -> float | None:
@@ -221,7 +161,7 @@ class Jobserver:
         preexec_fn: Callable[[], Any] | None = None,
         sleep_fn: SleepFn | None = None,
     ) -> None:
-        resolved = _resolve_context(context)
+        resolved = _job.resolve_context(context)
         # With AUTO, _context is None: each job picks its own (see _start_method).
         self._context = resolved
         self._method = AUTO if resolved is None else resolved.get_start_method()
@@ -261,16 +201,7 @@ class Jobserver:
         With the ``"auto"`` start method: the fork context while this process
         has one thread, else the forkserver context.
         """
-        return self._start_method()[1]
-
-    def _start_method(self) -> tuple[str, BaseContext]:
-        """The start method and context of the job about to start."""
-        context = self._context
-        if context is not None:
-            return self._method, context
-        # One thread (this one) means no other can start one before the fork.
-        method = "fork" if threads() == 1 else "forkserver"
-        return method, multiprocessing.get_context(method)
+        return _job.start_method(self._context)[1]
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -446,213 +377,20 @@ class Jobserver:
 
         Registration happens under ``spawn_lock``, which :meth:`close` takes
         too: once close() has it, every job is registered or was never
-        started. SIGINT and SIGTERM are held off in this thread from before
-        the process exists until it is registered, so a KeyboardInterrupt
-        cannot leave a started job unknown (its tokens would go back while it
-        runs); one that arrives meanwhile is raised afterwards, with the job
-        registered and running.
+        started. :mod:`makejobs._job` holds SIGINT and SIGTERM off from before
+        the process exists until it is registered (see :func:`_job.fork`).
         """
         # The guardian first: a forked job inherits the write end of its life
         # pipe, which is how the guardian knows the job outlived us (if ever).
         life = guardian.life_fd()
-        method, context = self._start_method()
+        method, context = _job.start_method(self._context)
+        registration = _Registration(self, tokens)
+        exports, encoded = self._exports()
         if method == "fork":
-            return self._fork(fn, args, kwargs, env, preexec_fn, tokens)
-        engine = self._engine
-        exports, _encoded = self._exports()
-        if method == "forkserver":
-            # Started here, outside the section below: a process inherits the
-            # signal mask, and the fork server passes it on to every job.
-            _ensure_forkserver(context)
-        old = _sigmask(_SIG_BLOCK, ())
-        r = w = m = -1
-        process: _MultiprocessingProcess | None = None
-        try:
-            _sigmask(_SIG_BLOCK, _BLOCKED_SIGNALS)
-            if _memfd_results():
-                # As for forked jobs: the frame is read with pread once the
-                # process is gone, so an interrupted read never costs it.
-                m = os.memfd_create("makejobs-result", _MFD_CLOEXEC)
-            r, w = os.pipe()
-            with engine.spawn_lock:
-                if self._closed:
-                    raise RuntimeError("the Jobserver is closed")
-                process = self._start(
-                    context, w, m, life, old, fn, args, kwargs, env, preexec_fn, exports
-                )
-                # Close our copy of the write end before any other job starts,
-                # so end-of-file means exactly "this job's process is done".
-                os.close(w)
-                w = -1
-                os.set_blocking(r, False)
-                future: Future[Any] = Future(engine, process, r, tokens, m if m >= 0 else None)
-                engine.add(future)
-            return future
-        except BaseException:
-            if not engine.owns(tokens):
-                # Never registered: it must not run on tokens about to go back.
-                if process is not None:
-                    process.kill(signal.SIGKILL)
-                    process.poll(block=True)
-                elif r >= 0:
-                    _stop_unknown_job(r, w)  # closes w
-                    w = -1
-                _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
-            raise
-        finally:
-            _sigmask(_SIG_SETMASK, old)
-
-    def _fork(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        env: _child.Env,
-        preexec_fn: Callable[[], Any] | None,
-        tokens: list[Token],
-    ) -> Future[Any]:
-        """Fork the job's process and register it (see :meth:`_launch`).
-
-        Where the kernel allows (Linux: memfd and pidfd), the child writes its
-        frame into a private memfd and the parent waits for its exit, on a
-        pidfd: one wake-up per job, like a bare fork and waitpid, and the child
-        never waits for the parent to drain anything. The pipe is still made:
-        nothing is written to it, but its write end, held by the job and by
-        whatever it forks, keeps the job running (and its slot taken) until
-        the last of those has exited; once the process is reaped, one read
-        tells. Elsewhere the frame comes through the pipe itself (see
-        :meth:`Future._advance`).
-        """
-        engine = self._engine
-        _exports, encoded = self._exports()
-        inherit = self._pool.pass_fds
-        in_memory = _memfd_results()
-        r = w = m = -1
-        # The pid lands here from C: os.fork() is called by a C iterator and its
-        # result stored by deque.extend, with no bytecode in between at which a
-        # signal handler could raise and lose the pid of a running child.
-        box: deque[int] = deque(maxlen=1)
-        process: _Process | None = None
-        _flush_std_streams()
-        old = _sigmask(_SIG_BLOCK, ())
-        try:
-            _sigmask(_SIG_BLOCK, _BLOCKED_SIGNALS)
-            if in_memory:
-                m = os.memfd_create("makejobs-result", _MFD_CLOEXEC)
-            r, w = os.pipe()
-            with engine.spawn_lock:
-                if self._closed:
-                    raise RuntimeError("the Jobserver is closed")
-                box.extend(itertools.islice(iter(os.fork, None), 1))
-                if box[0] == 0:  # pragma: no cover - runs in the child
-                    # As little as possible happens here (see _child.run). The
-                    # pipe is left for the exit to close, after the flush.
-                    code = 1
-                    try:
-                        _sigmask(_SIG_SETMASK, old)
-                        os.close(r)
-                        out = m if m >= 0 else w
-                        code = _child.run(out, fn, args, kwargs, env, preexec_fn, encoded, inherit)
-                    finally:
-                        _flush_std_streams()
-                        os._exit(code)
-                # Close our copy of the write end before any other job starts, so
-                # end-of-file means exactly "this job and what it forked are done".
-                os.close(w)
-                w = -1
-                process = _Process(box[0])
-                if in_memory and process.exit_fd() is None and not process._reaped:
-                    raise OSError("cannot open a pidfd to watch the job's process")
-                os.set_blocking(r, False)
-                future: Future[Any] = Future(engine, process, r, tokens, m if in_memory else None)
-                engine.add(future)
-            return future
-        except BaseException:
-            if box and box[0] and not engine.owns(tokens):
-                # Never registered: it must not run on tokens about to go back.
-                with contextlib.suppress(OSError):
-                    os.kill(box[0], signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(box[0], 0)
-                if process is not None:
-                    process.forget_pidfd(close=True)
-                _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
-            elif not box:
-                _posix.close_quietly(*(fd for fd in (r, w, m) if fd >= 0))
-            raise
-        finally:
-            _sigmask(_SIG_SETMASK, old)
-
-    def _start(
-        self,
-        context: BaseContext,
-        w: int,
-        memfd: int,
-        life: int,
-        mask: set[int],
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        env: _child.Env,
-        preexec_fn: Callable[[], Any] | None,
-        exports: _child.Exports,
-    ) -> _MultiprocessingProcess:
-        """Start the job through multiprocessing; a dead fork server is restarted once."""
-        method = context.get_start_method()
-        for attempt in (1, 2):
-            process = context.Process(  # type: ignore[attr-defined]
-                target=_child.spawned_main,
-                args=(
-                    _child.ResultFd(w),
-                    fn,
-                    args,
-                    kwargs,
-                    env,
-                    preexec_fn,
-                    self._pool,
-                    exports,
-                    None if life < 0 else _child.ResultFd(life),
-                    tuple(mask),
-                    None if memfd < 0 else _child.ResultFd(memfd),
-                ),
-                name="makejobs-job",
-            )
-            try:
-                process.start()
-                return _MultiprocessingProcess(process)
-            except BaseException as e:
-                if process.pid is not None:
-                    # Started but not handed back (an interruption, say): the
-                    # caller cannot stop it, so it is stopped here.
-                    with contextlib.suppress(Exception):
-                        process.kill()
-                        process.join()
-                if isinstance(
-                    e,
-                    (pickle.PicklingError, AttributeError, TypeError, ValueError, RecursionError),
-                ):
-                    why = ""
-                    if self._method == AUTO:
-                        why = (
-                            f" (the default start method forks only while the process has"
-                            f" one thread; it has {threads()}: pass context='fork' to fork"
-                            " anyway)"
-                        )
-                    raise TypeError(
-                        f"the job or its arguments cannot be pickled for start method"
-                        f" {method!r}: {e}{why}"
-                    ) from e
-                if not isinstance(e, _START_ERRORS):
-                    raise
-                if attempt == 1 and method == "forkserver":
-                    _forget_dead_forkserver()
-                    continue
-                raise JobStartFailed(
-                    f"could not start the job's process with start method {method!r}"
-                    f" ({type(e).__name__}: {e}); if the fork server died (a process or file"
-                    " limit, or it was killed), the next submit starts a new one"
-                ) from e
-        raise AssertionError("unreachable")  # pragma: no cover
+            inherit = self._pool.pass_fds
+            return _job.fork(registration, fn, args, kwargs, env, preexec_fn, encoded, inherit)
+        job = _job.Spawned(fn, args, kwargs, env, preexec_fn, self._pool, exports)
+        return _job.start(registration, context, life, job, auto=self._method == AUTO)
 
     def map(
         self,
@@ -715,7 +453,7 @@ class Jobserver:
         buffersize: int | None,
         options: dict[str, Any],
     ) -> Iterator[T]:
-        inflight: deque[Future[_ChunkResult]] = deque()
+        inflight: deque[Future[_child.ChunkResult]] = deque()
         pending: list[tuple[tuple[Any, ...], dict[str, Any]]] | None = None
         exhausted = False
         # With a buffersize, the chunk awaited next plus that many more.
@@ -730,7 +468,10 @@ class Jobserver:
                 remaining = None if deadline is None else max(0.0, deadline - monotonic())
                 try:
                     future = self.submit(
-                        _run_chunk, (fn, pending), timeout=0 if inflight else remaining, **options
+                        _child.run_chunk,
+                        (fn, pending),
+                        timeout=0 if inflight else remaining,
+                        **options,
                     )
                 except Blocked:
                     if inflight:
@@ -748,7 +489,7 @@ class Jobserver:
             inflight.popleft()
             yield from values
             if error is not None:
-                raise error
+                raise _child.attach_traceback(*error)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -814,6 +555,30 @@ class Jobserver:
         )
 
 
+class _Registration:
+    """One job's way into its Jobserver's registry (see :class:`_job.Registration`)."""
+
+    __slots__ = ("_jobserver", "_tokens", "spawn_lock")
+
+    def __init__(self, jobserver: Jobserver, tokens: list[Token]) -> None:
+        self._jobserver = jobserver
+        self._tokens = tokens
+        self.spawn_lock = jobserver._engine.spawn_lock
+
+    def check_open(self) -> None:
+        if self._jobserver._closed:
+            raise RuntimeError("the Jobserver is closed")
+
+    def register(self, process: JobProcess, output: Output) -> Future[Any]:
+        engine = self._jobserver._engine
+        future: Future[Any] = Future(engine, process, output, self._tokens)
+        engine.add(future)  # from here on the tokens are the job's
+        return future
+
+    def registered(self) -> bool:
+        return self._jobserver._engine.owns(self._tokens)
+
+
 def _rebuild_jobserver(
     method: str,
     pool: TokenPool,
@@ -826,24 +591,6 @@ def _rebuild_jobserver(
     # with the same implicit slot): closing the copy closes that handle only.
     js._owns_pool = True
     return js
-
-
-_ChunkResult = tuple[list[Any], Union[BaseException, None]]
-
-
-def _run_chunk(
-    fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
-) -> _ChunkResult:
-    values: list[Any] = []
-    for args, kwargs in calls:
-        try:
-            values.append(fn(*args, **kwargs))
-        except Exception as e:
-            import traceback
-
-            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            return values, _child.attach_traceback(e, text)
-    return values, None
 
 
 def _length(inputs: object) -> int | None:
@@ -860,71 +607,6 @@ def _check_args(args: Iterable[Any]) -> tuple[Any, ...]:
             f" {type(args).__name__} {args!r}: write ({args!r},) for a single argument"
         )
     return tuple(args)
-
-
-def _stop_unknown_job(r: int, w: int) -> None:
-    """Stop a job whose start was interrupted before multiprocessing handed it back.
-
-    It holds the write end of its result pipe: if, our own copy closed, the
-    pipe does not hang up, some process has it, and (but for the fork server
-    passing it on) that can only be the job. Found in ``/proc`` (Linux),
-    killed, and waited for; elsewhere it is left to end by itself.
-    """
-    import select
-
-    from ._guardian_main import holders_of
-
-    if w >= 0:
-        os.close(w)
-    poller = select.poll()
-    poller.register(r, select.POLLIN)
-    if any(mask & select.POLLHUP for _fd, mask in poller.poll(0)):
-        return  # nobody else has it: no job was started
-    from multiprocessing import forkserver
-
-    server = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
-    for pid in holders_of(os.fstat(r).st_ino) - {os.getpid(), server}:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    poller.poll(5000)  # until the pipe hangs up: the job is gone
-
-
-def _ensure_forkserver(context: BaseContext) -> None:
-    """Start multiprocessing's fork server now if it is not running (a dead one is replaced).
-
-    A server started here imports this module first, so that each job, a
-    fork of it, needs not import makejobs again: tens of milliseconds a job.
-    """
-    from multiprocessing import forkserver
-
-    _forkserver.preload_in_forkserver(context, __name__)
-    try:
-        forkserver.ensure_running()
-    except _START_ERRORS:
-        _forget_dead_forkserver()
-        forkserver.ensure_running()
-
-
-def _forget_dead_forkserver() -> None:
-    """Make multiprocessing start a new fork server on next use (the old one died).
-
-    multiprocessing restarts a fork server it can see died (its pid reaped),
-    but not one whose socket is gone or that someone else reaped: then every
-    start fails. Stopping it (which also waits for it) clears that state.
-    """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    stop = getattr(server, "_stop", None)
-    if server is None or stop is None:
-        return
-    try:
-        stop()
-    except (ChildProcessError, OSError):
-        # Already reaped elsewhere: clear what _stop() would have.
-        for name in ("_forkserver_pid", "_forkserver_address", "_forkserver_alive_fd"):
-            if hasattr(server, name):
-                setattr(server, name, None)
 
 
 def _zip_calls(
@@ -947,34 +629,3 @@ def _zip_calls(
         if k is not None and not isinstance(k, Mapping):
             raise TypeError(f"each element of kwargses must be a mapping, not {k!r}")
         yield (tuple(a) if a is not None else (), dict(k) if k is not None else {})
-
-
-# None until probed: whether forked jobs hand their frame over in a memfd, their
-# exit watched through a pidfd (Linux 5.3 and later), rather than in a pipe.
-_memfd_ok: bool | None = None
-_MFD_CLOEXEC = getattr(os, "MFD_CLOEXEC", 1)
-
-
-def _memfd_results() -> bool:
-    global _memfd_ok
-    ok = _memfd_ok
-    if ok is None:
-        ok = False
-        if hasattr(os, "memfd_create") and hasattr(os, "pidfd_open"):
-            try:
-                os.close(os.pidfd_open(os.getpid()))
-                os.close(os.memfd_create("makejobs-probe", _MFD_CLOEXEC))
-                ok = True
-            except OSError:
-                pass  # an old kernel, or a sandbox that forbids them
-        _memfd_ok = ok
-    return ok
-
-
-def _flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (AttributeError, ValueError, OSError):
-            pass

@@ -643,6 +643,32 @@ def parse_makeflags(value: str) -> MakeFlags:
     )
 
 
+def _keep_arguments_apart(out: list[_Item]) -> list[_Item]:
+    """Put a plain ``-`` between an option and a number that were not neighbours.
+
+    make reads a number word right after ``-j``/``--jobs``/``-l`` as their
+    argument: dropping ``--jobserver-auth=`` from ``-j --jobserver-auth= 3``
+    must not turn an unlimited ``-j`` into ``-j 3``. make ignores the ``-``.
+    """
+    kept: list[_Item] = []
+    for item in out:
+        if kept:
+            prev = kept[-1]
+            if (
+                # One of the value's own words (ours never lack an argument)...
+                prev.origin is not None
+                and (prev.text.startswith("-") or prev.origin == 0)
+                # ...now followed by a number that did not follow it: the
+                # first word never counts, it becomes an option off first place.
+                and item.origin != prev.origin + 1
+                and item.origin != 0
+                and item.text[:1].isdigit()
+            ):
+                kept.append(_Item("-", "-", False, None))
+        kept.append(item)
+    return kept
+
+
 # --------------------------------------------------------------------------
 # Diagnosis helpers: what the words mean for a person reading them
 
@@ -856,7 +882,7 @@ def replace_auth(
             item = _Item(escape_word(kept), kept, False, i)
         (before if i < insert_at else after).append(item)
 
-    out = before + our_items + after
+    out = _keep_arguments_apart(before + our_items + after)
     first_survives = any(item.origin == 0 for item in out)
     if out and words and not first_survives:
         head = out[0].text

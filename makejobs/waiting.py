@@ -27,11 +27,10 @@ from collections.abc import Iterable, Iterator
 from time import monotonic
 from typing import Any, NamedTuple
 
-from . import _child
 from ._checks import check_timeout
 from ._engine import Engine, progress
 from .errors import Blocked
-from .future import DONE, Future
+from .future import Future
 
 __all__ = [
     "ALL_COMPLETED",
@@ -96,7 +95,7 @@ def wait(
     engines = _engines_of(futures)
     deadline = None if timeout is None else monotonic() + timeout
     while True:
-        pending = [f for f in futures if f._state is not DONE]
+        pending = [f for f in futures if not f._finished()]
         if _enough(futures, pending, return_when):
             break
         remaining = None if deadline is None else deadline - monotonic()
@@ -105,7 +104,7 @@ def wait(
             break
         progress(engines, remaining, waiting_for=pending)
     _run_callbacks(engines)
-    done = {f for f in futures if f._state is DONE}
+    done = {f for f in futures if f._finished()}
     return DoneAndNotDoneFutures(done, futures - done)
 
 
@@ -154,8 +153,8 @@ class _AsCompleted(Iterator[Future[Any]]):
     def _sort(self, unseen: Iterable[Future[Any]]) -> None:
         """Move the futures of *unseen* that are done after the ready ones."""
         ready, handed, _ = self._state
-        done = tuple(f for f in unseen if f._state is DONE)
-        running = tuple(f for f in unseen if f._state is not DONE)
+        done = tuple(f for f in unseen if f._finished())
+        running = tuple(f for f in unseen if not f._finished())
         self._state = (ready[handed:] + done, 0, running)
 
     def __iter__(self) -> _AsCompleted:
@@ -211,7 +210,7 @@ def _engines_of(futures: Iterable[Future[Any]]) -> tuple[Engine, ...]:
     """The engines of *futures*, each once, made this process's; refuses a parent's future."""
     engines: dict[Engine, None] = {}
     for future in futures:
-        engine = future._engine
+        engine = future._owner()
         if engine not in engines:
             engine.own()  # in a forked child the parent's futures are abandoned first
             engines[engine] = None
@@ -228,9 +227,7 @@ def _enough(futures: set[Future[Any]], pending: list[Future[Any]], return_when: 
     if return_when == FIRST_COMPLETED:
         return len(pending) < len(futures)
     # FIRST_EXCEPTION: a future done with anything but a value.
-    return any(
-        f._outcome is not None and f._outcome[0] != _child.OK for f in futures if f._state is DONE
-    )
+    return any(f._failed() for f in futures)
 
 
 def _run_callbacks(engines: tuple[Engine, ...]) -> None:

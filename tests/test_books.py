@@ -26,8 +26,8 @@ import pytest
 
 import makejobs._core as core_module
 import makejobs._engine as engine_module
+import makejobs._job as job_module
 import makejobs.future as future_module
-import makejobs.jobserver as jobserver_module
 import makejobs.token as token_module
 from forking import wait_for_exit
 from inherited import inherited_pipe
@@ -112,16 +112,16 @@ def test_a_started_job_interrupted_before_it_is_registered_is_stopped(
     started: list[int] = []
     with Jobserver(method, pool=pool) as js:
         assert js.submit(identity, (1,)).result(timeout=60) == 1  # the fork server is up
-        real = jobserver_module._MultiprocessingProcess
+        real = job_module.MultiprocessingProcess
 
         def started_then_interrupted(process: Any) -> Any:
             started.append(process.pid)
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(jobserver_module, "_MultiprocessingProcess", started_then_interrupted)
+        monkeypatch.setattr(job_module, "MultiprocessingProcess", started_then_interrupted)
         with pytest.raises(KeyboardInterrupt):
             js.submit(span, (30,))
-        monkeypatch.setattr(jobserver_module, "_MultiprocessingProcess", real)
+        monkeypatch.setattr(job_module, "MultiprocessingProcess", real)
         assert started and wait_for_exit(started[0], 30)
         assert pool.implicit_free and pool.available() == 1
         assert js.submit(identity, (2,)).result(timeout=60) == 2
@@ -204,16 +204,21 @@ CRITICAL: list[Callable[..., Any]] = [
     Jobserver.submit,
     Jobserver._admit,
     Jobserver._launch,
-    Jobserver._fork,
+    job_module.fork,
     engine_module.Engine.service,
     engine_module.Engine.finish,
     engine_module.Engine.progress,
     engine_module.Engine.reclaim,
+    future_module.Future._try_advance,
     future_module.Future._advance,
     future_module.Future._advance_in_memory,
     future_module.Future._settle_outcome,
+    future_module.Future._tokens_back,
     future_module.Future.result,
-    future_module._Process.poll,
+    job_module.ForkedProcess.poll,
+    job_module.Output.read,
+    job_module.Output.drain,
+    job_module.Output.close,
 ]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-import makejobs.jobserver as jobserver_module
+import makejobs._job as job_module
 from forking import held_by_another_thread, run_in_child
 from inherited import advertises
 from makejobs import (
@@ -658,9 +658,9 @@ def test_a_child_that_dies_before_unpickling_its_job_fails_promptly(method: str)
 def channel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Forked jobs hand their frame over in a memfd (where the kernel has memfd and
     pidfd) or in a pipe (elsewhere): run the test with each."""
-    if request.param == "memfd" and not jobserver_module._memfd_results():
+    if request.param == "memfd" and not job_module.memfd_results():
         pytest.skip("no memfd or pidfd on this kernel")
-    monkeypatch.setattr(jobserver_module, "_memfd_ok", request.param == "memfd")
+    monkeypatch.setattr(job_module, "_memfd_ok", request.param == "memfd")
     yield request.param
 
 
@@ -870,7 +870,7 @@ def test_a_forked_child_is_not_blocked_by_locks_another_thread_held_at_the_fork(
 def test_a_pidfd_that_cannot_be_opened_fails_the_submit_and_keeps_the_token(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if not jobserver_module._memfd_results():
+    if not job_module.memfd_results():
         pytest.skip("no memfd or pidfd on this kernel")
     baseline = helper_children()
     with Jobserver(FAST, slots=1) as js:

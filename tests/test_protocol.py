@@ -819,6 +819,15 @@ def check_invariants(mf: MakeFlags) -> None:
             f"s -j3 {FDS}=1,2 {AUTH}=1,2 -- {AUTH}=9,9 -j8",
             id="overrides-untouched",
         ),
+        # Dropping the auth word must not hand "3" to the bare --jobs (found by hypothesis).
+        pytest.param(f"--jobs {AUTH}= 3", None, {}, " --jobs - 3", id="bare-jobs-stays-bare"),
+        pytest.param(
+            f"-l {AUTH}=3,4 2",
+            PipeAuth(5, 6),
+            {},
+            f" -l - 2 {FDS}=5,6 {AUTH}=5,6",
+            id="bare-load-stays-bare",
+        ),
     ],
 )
 def test_replace_auth_exact(
