@@ -50,18 +50,25 @@ MJ = f"{_mq(PY)} -m makejobs"
 
 
 def _make(
-    make: Peer, tmp: Path, recipes: dict[str, str], *args: str
+    make: Peer, tmp: Path, recipes: dict[str, str], *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     lines = [f".PHONY: {' '.join(recipes)}"]
     for target, recipe in recipes.items():
         lines += [f"{target}:", *(f"\t{line}" for line in recipe.splitlines())]
     (tmp / "Makefile").write_text("\n".join(lines) + "\n")
-    return run_captured([make.path, "-s", *args], tmp, TIMEOUT, env=_env())
+    return run_captured([make.path, "-s", *args], tmp, TIMEOUT, env={**_env(), **(env or {})})
 
 
-def _doctor(make: Peer, tmp: Path, line: str, *args: str, target: str = "check") -> dict[str, Any]:
+def _doctor(
+    make: Peer,
+    tmp: Path,
+    line: str,
+    *args: str,
+    target: str = "check",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run *line* (which writes doctor's JSON to doctor.json) as a recipe; the report."""
-    done = _make(make, tmp, {target: line}, *args, target)
+    done = _make(make, tmp, {target: line}, *args, target, env=env)
     report_file = tmp / "doctor.json"
     assert report_file.exists(), describe(done)
     report: dict[str, Any] = json.loads(report_file.read_text())
@@ -177,10 +184,16 @@ def _unshare_works() -> bool:
 
 @pytest.mark.skipif(not _unshare_works(), reason="user namespaces (unshare -Urm) unavailable")
 def test_fifo_out_of_reach_in_a_private_tmp(make441: Peer, tmp_path: Path) -> None:
-    inner = f"mount -t tmpfs tmpfs /tmp && {MJ} doctor --json > doctor.json"
+    # make 4.4.1 makes its fifo in MAKE_TMPDIR; a tmpfs over that directory is what
+    # PrivateTmp= does to /tmp, without hiding the Python (CI's venv is under /tmp).
+    fifo_dir = tmp_path / "make-tmp"
+    fifo_dir.mkdir()
+    inner = f"mount -t tmpfs tmpfs {_mq(fifo_dir)} && {MJ} doctor --json > doctor.json"
     line = f"+unshare -Urm sh -c {_mq(inner)} || true"
-    report = _doctor(make441, tmp_path, line, "-j2")
+    env = {"MAKE_TMPDIR": str(fifo_dir)}
+    report = _doctor(make441, tmp_path, line, "-j2", env=env)
     assert _ids(report) == ["fifo-private-tmp"], report
+    assert str(fifo_dir) in report["findings"][0]["message"]  # the fifo make made there
     assert "MAKE_TMPDIR" in report["findings"][0]["fix"]
 
 
