@@ -522,8 +522,9 @@ def _end_groups(groups: list[int], leaders: dict[int, Job], then: tuple[int, ...
     This process reaps what it can meanwhile: *leaders* (their exit status
     is recorded) and, being the subreaper of what the commands started
     (Linux), any member orphaned by its parent's death; so a group counts as
-    gone as soon as it is, whatever the system's init does. After SIGKILL
-    the leaders are waited for.
+    gone as soon as it is, whatever the system's init does. A group still
+    there :data:`GRACE` seconds after the last signal is left (not ours to
+    end, or stuck in the kernel) once its leader has been waited for.
     """
     left = list(then)
     deadline = time.monotonic() + GRACE
@@ -532,11 +533,16 @@ def _end_groups(groups: list[int], leaders: dict[int, Job], then: tuple[int, ...
         if not groups:
             return
         if time.monotonic() >= deadline:
+            if not left:
+                # Still there GRACE after the last signal: not ours to end (EPERM), or
+                # stuck in the kernel. Waiting longer would hang run's own exit.
+                break
             signum = left.pop(0)
             for pgid in groups:
                 _signal_group(pgid, signum)
-            if signum == signal.SIGKILL or not left:
-                break
+            # Even SIGKILL takes effect asynchronously, and an orphan it makes is
+            # re-parented to us only as its parent dies: keep reaping until the group
+            # is empty, or run would exit leaving members for init to find.
             deadline = time.monotonic() + GRACE
         time.sleep(0.01)  # a bounded wait for processes to die, on a rare path
     for job in leaders.values():
