@@ -201,7 +201,11 @@ def test_pip_wheel_under_make43_warns_and_compiles_one_at_a_time(
     root = tmp_path / "project"
     write_project(root)
     output = run_make(make43, root, tmp_path, f"{sys.executable} {PIP_WHEEL}")
-    assert "JobserverUnavailable" in output, output
+    # pip before 25 prints the backend's stderr, where the warning is named by its class;
+    # later pips forward only UserWarnings, as "BuildBackendWarning: <message>".
+    assert re.search(r"(JobserverUnavailable|BuildBackendWarning): MAKEFLAGS: ", output), output
+    assert "the read fd 3 is not open in this process" in output, output
+    assert "compiling one file at a time" in output, output
     assert "makejobs bridge --style fifo" in output, output
     assert any(name.startswith("spanned.") for name in built_wheel_files(root))
     check_spans(tmp_path, parallel=False)

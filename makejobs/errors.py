@@ -61,7 +61,7 @@ class Unavailable(str, enum.Enum):
     BROKEN = "broken"
 
 
-class JobserverUnavailable(RuntimeError, Warning):
+class JobserverUnavailable(RuntimeError, UserWarning):
     """A jobserver pool is advertised but cannot be used.
 
     Raised by :meth:`makejobs.TokenPool.from_environ` when ``MAKEFLAGS`` (or
@@ -69,6 +69,10 @@ class JobserverUnavailable(RuntimeError, Warning):
     wrong kind, or explicitly disabled by make (``--jobserver-auth=-2,-2``).
     It is also a :class:`Warning` category: :class:`makejobs.Jobserver` emits it
     with :func:`warnings.warn` and then runs one job at a time, as make does.
+    It is a :class:`UserWarning` because build front ends forward only those
+    from a build backend (pip 25 and later record the backend's warnings and
+    drop every other category), and this one is meant for the person running
+    the build.
 
     Attributes:
         kind: which of the :class:`Unavailable` situations it is.

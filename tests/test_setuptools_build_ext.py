@@ -8,10 +8,16 @@ and builds under make measured from spans: integration/test_setuptools_peers.py.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+
+import pytest
+
+from makejobs import JobserverUnavailable
 
 MODULE = """\
 #define PY_SSIZE_T_CLEAN
@@ -120,3 +126,25 @@ def test_builds_every_extension_and_recompiles_only_what_changed(tmp_path: Path)
     assert sorted(compiled(proc)) == ["alpha/part1.c", "optbroken/part0.c"]
     assert "building 'beta' extension" not in proc.stdout
     assert total(tmp_path, "alpha") == [1 + 20 + 3]
+
+
+def test_the_fallback_warning_is_one_a_build_front_end_passes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pip 25 and later run the backend under catch_warnings(record=True) and pass on only
+    # UserWarnings: a pipe pool that pip's subprocess closed must still be reported.
+    from makejobs import setuptools as plugin
+
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    for name in ("MFLAGS", "CARGO_MAKEFLAGS", "MAKEJOBS_LEDGER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MAKEFLAGS", f" -j3 --jobserver-auth={r},{w}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with plugin._pool(None) as pool:
+            assert pool.slots == 1
+    passed_on = [c for c in caught if issubclass(c.category, UserWarning)]
+    assert [c.category for c in passed_on] == [JobserverUnavailable], caught
+    assert "compiling one file at a time" in str(passed_on[0].message)
