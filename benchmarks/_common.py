@@ -10,9 +10,7 @@ A script's ``main()`` is::
     parser = command_line(__doc__, quick="about 3 s instead of 20 s")
     ...  # the script's own options
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    rows = run(args.quick, ...)
-    return report(args, "name", rows, time.monotonic() - started, to_markdown(rows), ...)
+    return report(args, "name", lambda: run(args.quick, ...), to_markdown, ...)
 """
 
 from __future__ import annotations
@@ -20,12 +18,17 @@ from __future__ import annotations
 import json
 import os
 import platform
-from typing import TYPE_CHECKING, Any
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["command_line", "environment", "fmt", "report", "write_json"]
+__all__ = ["command_line", "environment", "fmt", "progress", "report", "write_json"]
+
+#: A benchmark's rows: one dict per row of its table.
+Rows = list[dict[str, Any]]
 
 
 def fmt(value: float | None, spec: str, suffix: str = "", *, missing: str = "n/a") -> str:
@@ -86,24 +89,41 @@ def command_line(doc: str | None, quick: str) -> argparse.ArgumentParser:
     return parser
 
 
+def progress(line: str) -> None:
+    """Say *line* on standard error at once: how a long run shows it is getting on."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def report(
     args: argparse.Namespace,
     benchmark: str,
-    rows: list[dict[str, Any]],
-    seconds: float,
-    text: str,
+    measure: Callable[[], Rows],
+    describe: Callable[[Rows], str],
     *,
     facts: dict[str, Any] | None = None,
+    load_average: bool = False,
     **fields: Any,
 ) -> int:
-    """The end of every script's ``main()``; returns its exit status, 0.
+    """Run a script's benchmark and report it: the end of every ``main()``; returns 0.
 
-    Prints *text* (the table, and whatever the script says about it) and one line on the
-    run: how long it took, on how many CPUs, with which Python. With ``--json FILE``,
-    also writes the run to FILE (see :func:`write_json`): :func:`environment` with the
-    script's own *facts*, and the script's *fields* (its baseline, its target).
+    Times *measure* (the run, which returns the rows), then prints *describe(rows)* (the
+    table, and whatever the script says about it) and one line on the run: how long it
+    took, on how many CPUs, with which Python. With *load_average*, a line before that one
+    gives the machine's 1-minute load average before and after the run: on a shared
+    machine, how busy the others kept it. With ``--json FILE``, also writes the run to FILE
+    (see :func:`write_json`): :func:`environment` with the script's own *facts* (and
+    ``load_average``), and the script's *fields* (its baseline, its target).
     """
-    print(text)
+    load = [os.getloadavg()[0]] if load_average else []
+    started = time.monotonic()
+    rows = measure()
+    seconds = time.monotonic() - started
+    if load:
+        load.append(os.getloadavg()[0])
+        facts = {**(facts or {}), "load_average": load}
+    print(describe(rows))
+    if load:
+        print(f"\n1-minute load average: {load[0]:.1f} before, {load[1]:.1f} after the run")
     print(
         f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()},"
         f" {platform.platform()})"
