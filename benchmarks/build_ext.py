@@ -11,7 +11,7 @@ with setuptools' own flags) and a module init. A ``+`` recipe runs ``python setu
 build_ext`` from a clean build directory, with either setuptools' own ``build_ext``
 (**stock**, the baseline) or ``makejobs.setuptools.build_ext`` (**makejobs**).
 setuptools' ``CC`` is ``integration/recipes/cc_span.py``, which logs a span around
-every compiler and linker run (``integration/spans.py``), so the **compiler peak** (most
+every compiler and linker run (``tests/spans.py``), so the **compiler peak** (most
 compilers at once) is measured, and must not exceed N.
 
 Scenarios:
@@ -49,9 +49,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "integration"))
+sys.path[:0] = [str(ROOT), str(ROOT / "integration"), str(ROOT / "tests")]
 
-import spans  # noqa: E402  (integration/spans.py)
+import spans  # noqa: E402  (tests/spans.py)
+from benchmarks._common import command_line, report  # noqa: E402
 from peers import PeerMissing, clean_environ, find_peer  # noqa: E402
 
 __all__ = ["FILES", "TARGET_SPEEDUP", "main", "run", "to_markdown"]
@@ -314,41 +315,26 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="make 4.4.1 only, one round")
+    parser = command_line(__doc__, quick="make 4.4.1 only, one round")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    rows = run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True))
-    load_after = os.getloadavg()[0]
-    print()
-    print(to_markdown(rows))
-    # The machine may be shared: say how busy it was.
-    print(f"\n1-minute load average: {load_before:.1f} before, {load_after:.1f} after the run")
-    speedups = [r["speedup"] for r in rows if r["variant"] == "makejobs" and r["jobs"] == 2]
-    print(
-        f"\nspeed-up under make -j2: {', '.join(f'{s:.2f}x' for s in speedups)}"
-        f" (target >= {TARGET_SPEEDUP}x)"
-    )
-    if args.json:
-        sys.path.insert(0, str(ROOT))
-        from benchmarks._common import environment, write_json
 
-        write_json(
-            args.json,
-            "build_ext",
-            quick=args.quick,
-            seconds=time.perf_counter() - t0,
-            rows=rows,
-            environment=environment(load_average=[load_before, load_after]),
-            baseline="stock",
-            target_speedup=TARGET_SPEEDUP,
+    def describe(rows: list[dict[str, Any]]) -> str:
+        speedups = [r["speedup"] for r in rows if r["variant"] == "makejobs" and r["jobs"] == 2]
+        return (
+            f"\n{to_markdown(rows)}\n\nspeed-up under make -j2:"
+            f" {', '.join(f'{s:.2f}x' for s in speedups)} (target >= {TARGET_SPEEDUP}x)"
         )
-    return 0
+
+    return report(
+        args,
+        "build_ext",
+        lambda: run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True)),
+        describe,
+        load_average=True,  # the machine may be shared: say how busy it was
+        baseline="stock",
+        target_speedup=TARGET_SPEEDUP,
+    )
 
 
 if __name__ == "__main__":

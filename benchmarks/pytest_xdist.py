@@ -9,7 +9,7 @@ One generated Makefile, run with ``make -j4``, holds a ``+`` recipe running
 ``pytest -n auto`` on 24 tests of 0.3 s each and four shell recipes of 1 s each.
 Tests and recipes sleep (they stand for work whose CPU needs are not the point): what
 is measured is how the plugins share make's 4 slots. Every test and recipe logs its
-span (``integration/spans.py``); from the spans come the **peak** (most running at
+span (``tests/spans.py``); from the spans come the **peak** (most running at
 once: above 4 means the build ran beyond ``-j4``) and the **work** (their sum), and the
 **ideal** makespan is work / 4. The **makespan** is the wall time of the whole make run.
 
@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "integration"))
+sys.path[:0] = [str(ROOT), str(ROOT / "integration"), str(ROOT / "tests")]
 
-import spans  # noqa: E402  (integration/spans.py)
+import spans  # noqa: E402  (tests/spans.py)
+from benchmarks._common import command_line, report  # noqa: E402
 from peers import PeerMissing, clean_environ, find_peer  # noqa: E402
 
 __all__ = ["CONTENDERS", "SCENARIOS", "main", "run", "to_markdown"]
@@ -210,7 +211,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="makejobs-bench-xdist-") as tmp:
         env = clean_environ(
             PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
-            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "integration")]),
+            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),  # spans.py
         )
         for r in range(rounds):
             order = cases[r % len(cases) :] + cases[: r % len(cases)]
@@ -279,35 +280,17 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one round")
+    parser = command_line(__doc__, quick="one round")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    rows = run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True))
-    load_after = os.getloadavg()[0]
-    print()
-    print(to_markdown(rows))
-    # The machine may be shared: say how busy it was.
-    print(f"\n1-minute load average: {load_before:.1f} before, {load_after:.1f} after the run")
-    if args.json:
-        sys.path.insert(0, str(ROOT))
-        from benchmarks._common import environment, write_json
-
-        write_json(
-            args.json,
-            "pytest_xdist",
-            quick=args.quick,
-            seconds=time.perf_counter() - t0,
-            rows=rows,
-            environment=environment(load_average=[load_before, load_after]),
-            baseline="makejobs",
-        )
-    return 0
+    return report(
+        args,
+        "pytest_xdist",
+        lambda: run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True)),
+        lambda rows: f"\n{to_markdown(rows)}",
+        load_average=True,  # the machine may be shared: say how busy it was
+        baseline="makejobs",
+    )
 
 
 if __name__ == "__main__":
