@@ -53,6 +53,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "integration"), str(ROOT / "tests")]
 
 import spans  # noqa: E402  (tests/spans.py)
 from benchmarks._common import command_line, report  # noqa: E402
+from c_extension import part_source, write_sources  # noqa: E402  (tests/c_extension.py)
 from peers import PeerMissing, clean_environ, find_peer  # noqa: E402
 
 __all__ = ["FILES", "TARGET_SPEEDUP", "main", "run", "to_markdown"]
@@ -67,28 +68,6 @@ VARIANTS = ("stock", "makejobs")
 CC_SPAN = ROOT / "integration" / "recipes" / "cc_span.py"
 JOB = ROOT / "integration" / "recipes" / "job.py"
 _TIMEOUT = 600
-
-FUNCTION = """\
-double work{i}_{k}(double *a, int n) {{
-    double s = 0;
-    for (int j = 0; j < n; j++) {{
-        s += a[j] * {k}.5 - a[j] / (j + {k} + 2);
-        if (s > {k}) s -= a[j];
-    }}
-    for (int j = n - 1; j > 0; j--) a[j] = a[j - 1] * s + {k};
-    return s;
-}}
-"""
-
-MODULE = """\
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-{declarations}
-static PyObject *total(PyObject *self, PyObject *args) {{ return PyLong_FromLong({calls}); }}
-static PyMethodDef methods[] = {{{{"total", total, METH_NOARGS, ""}}, {{NULL, NULL, 0, NULL}}}};
-static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, "bench", NULL, -1, methods}};
-PyMODINIT_FUNC PyInit_bench(void) {{ return PyModule_Create(&module); }}
-"""
 
 SETUP = """\
 import glob, os
@@ -108,22 +87,8 @@ setup(
 """
 
 
-def helper_source(i: int, functions: int) -> str:
-    body = "".join(FUNCTION.format(i=i, k=k) for k in range(functions))
-    return f"long part{i}(void) {{ return {i + 1}; }}\n{body}"
-
-
 def write_project(root: Path, functions: int) -> None:
-    src = root / "src"
-    src.mkdir(parents=True)
-    for i in range(FILES):
-        (src / f"part{i:02d}.c").write_text(helper_source(i, functions))
-    (src / "module.c").write_text(
-        MODULE.format(
-            declarations="\n".join(f"long part{i}(void);" for i in range(FILES)),
-            calls=" + ".join(f"part{i}()" for i in range(FILES)),
-        )
-    )
+    write_sources(root / "src", "bench", FILES, functions)
     (root / "setup.py").write_text(SETUP)
 
 
@@ -140,7 +105,7 @@ def calibrate(work_dir: Path, log: Callable[[str], None]) -> tuple[int, float]:
 
     def seconds(functions: int) -> float:
         source = work_dir / f"calibrate{functions}.c"
-        source.write_text(helper_source(0, functions))
+        source.write_text(part_source(0, functions))
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
