@@ -16,21 +16,19 @@ import itertools
 import re
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from makejobs import Jobserver, JobserverExecutor, TokenPool
+from probes import PATIENCE, Counted, wait_until
 from test_executor import (
-    PATIENCE,
     Gate,
     blocked,
     executor_on,
     failing_init,
     square,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -76,22 +74,6 @@ def test_arguments_of_the_wrong_type_or_value(
 
 
 # -- map(buffersize=) -------------------------------------------------------------------------
-
-
-class Counted:
-    """An iterator that counts how many items were taken from it."""
-
-    def __init__(self, items: Iterator[Any]) -> None:
-        self.items = items
-        self.taken = 0
-
-    def __iter__(self) -> Counted:
-        return self
-
-    def __next__(self) -> Any:
-        item = next(self.items)
-        self.taken += 1
-        return item
 
 
 @pytest.mark.parametrize(
