@@ -24,8 +24,19 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import argparse
+    import subprocess
+    from pathlib import Path
 
-__all__ = ["command_line", "environment", "fmt", "progress", "report", "write_json"]
+__all__ = [
+    "command_line",
+    "environment",
+    "fmt",
+    "makespans",
+    "progress",
+    "report",
+    "run_build",
+    "write_json",
+]
 
 #: A benchmark's rows: one dict per row of its table.
 Rows = list[dict[str, Any]]
@@ -73,6 +84,48 @@ def write_json(
     }
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(doc, indent=2) + "\n")
+
+
+def run_build(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, float]]:
+    """Run a build, *argv* (a make), to its end with no input and its output as text.
+
+    Returns the finished process and ``{"makespan", "cpus"}``: its wall time in seconds
+    and the CPUs it used, CPU seconds of it and all it ran (once reaped) per second.
+    """
+    import subprocess
+
+    def children_cpu() -> float:
+        times = os.times()
+        return times.children_user + times.children_system
+
+    t0, cpu0 = time.perf_counter(), children_cpu()
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    makespan = time.perf_counter() - t0
+    return proc, {"makespan": makespan, "cpus": (children_cpu() - cpu0) / makespan}
+
+
+def makespans(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's columns for its rounds' *outcomes* (each with a ``makespan``): ``rounds``,
+    ``makespan_s`` (the median), ``makespan_min`` and ``makespan_max``."""
+    import statistics
+
+    values = [o["makespan"] for o in outcomes]
+    return {
+        "rounds": len(outcomes),
+        "makespan_s": statistics.median(values),
+        "makespan_min": min(values),
+        "makespan_max": max(values),
+    }
 
 
 def command_line(doc: str | None, quick: str) -> argparse.ArgumentParser:

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "integration"), str(ROOT / "tests")]
 
 import spans  # noqa: E402  (tests/spans.py)
-from benchmarks._common import command_line, report  # noqa: E402
+from benchmarks._common import command_line, makespans, report, run_build  # noqa: E402
 from c_extension import part_source, write_sources  # noqa: E402  (tests/c_extension.py)
 from peers import PeerMissing, clean_environ, find_peer  # noqa: E402
 
@@ -146,18 +146,8 @@ def _run_case(
         "VARIANT": variant,
         "CC": f"{sys.executable} -S {CC_SPAN} {log}",
     }
-    t0, cpu0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(
-        [make, f"-j{jobs}", f"PYTHON={sys.executable}", f"LOG={log}"],
-        cwd=case,
-        env=run_env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT,
-    )
-    makespan = time.perf_counter() - t0
-    cpu = _children_cpu() - cpu0
+    argv = [make, f"-j{jobs}", f"PYTHON={sys.executable}", f"LOG={log}"]
+    proc, timing = run_build(argv, case, run_env, _TIMEOUT)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"{make} -j{jobs} ({variant}) exited {proc.returncode}:\n{output}")
@@ -167,19 +157,12 @@ def _run_case(
     if len(compiles) != FILES + 1 or len(links) != 1:
         raise RuntimeError(f"expected {FILES + 1} compiles and a link, found {len(logged)} spans")
     return {
-        "makespan": makespan,
-        "cpus": cpu / makespan,
+        **timing,
         "build": (links[0].end - min(s.start for s in compiles)) / 1e9,
         "compile_peak": spans.peak_overlap(compiles),
         "peak": spans.peak_overlap(logged),
         "internal": "INTERNAL" in output,
     }
-
-
-def _children_cpu() -> float:
-    """CPU seconds of the reaped children (make and all it ran, once make is reaped)."""
-    times = os.times()
-    return times.children_user + times.children_system
 
 
 def run(
@@ -235,17 +218,13 @@ def run(
     for make_name, scenario, variant in cases:
         outcomes = results[(make_name, scenario, variant)]
         stock = results[(make_name, scenario, "stock")]
-        makespans = [o["makespan"] for o in outcomes]
         rows.append(
             {
                 "make": make_name,
                 "scenario": scenario,
                 "jobs": SCENARIOS[scenario][0],
                 "variant": variant,
-                "rounds": len(outcomes),
-                "makespan_s": statistics.median(makespans),
-                "makespan_min": min(makespans),
-                "makespan_max": max(makespans),
+                **makespans(outcomes),
                 "build_s": statistics.median(o["build"] for o in outcomes),
                 "cpus": statistics.median(o["cpus"] for o in outcomes),
                 "speedup": statistics.median(

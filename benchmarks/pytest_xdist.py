@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "integration"), str(ROOT / "tests")]
 
 import spans  # noqa: E402  (tests/spans.py)
-from benchmarks._common import command_line, report  # noqa: E402
+from benchmarks._common import command_line, makespans, report, run_build  # noqa: E402
 from peers import PeerMissing, clean_environ, find_peer  # noqa: E402
 
 __all__ = ["CONTENDERS", "SCENARIOS", "main", "run", "to_markdown"]
@@ -135,26 +133,13 @@ def _run_case(
     (case / "Makefile").write_text(makefile([*pytest_argv, "-n", "auto"]))
     log = case / "spans.log"
     run_env = {**env, "LOG": str(log), "WORKERS_FILE": str(case / "workers")}
-    t0, times0 = time.perf_counter(), os.times()
-    proc = subprocess.run(
-        [make, "-j", str(SLOTS), f"LOG={log}"],
-        cwd=case,
-        env=run_env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT,
-    )
-    makespan = time.perf_counter() - t0
-    times1 = os.times()
-    cpu = sum(times1[2:4]) - sum(times0[2:4])  # children's user + system
+    proc, timing = run_build([make, "-j", str(SLOTS), f"LOG={log}"], case, run_env, _TIMEOUT)
     output = proc.stdout + proc.stderr
     internal = re.search(
         r"INTERNAL: Exiting with (\d+) jobserver tokens available; should be (\d+)", output
     )
     result: dict[str, Any] = {
-        "makespan": makespan,
-        "cpus": cpu / makespan,
+        **timing,
         "status": proc.returncode,
         "lost_tokens": int(internal.group(2)) - int(internal.group(1)) if internal else 0,
         "workers": (case / "workers").read_text() if (case / "workers").exists() else "",
@@ -230,15 +215,11 @@ def run(
     for scenario, contender in cases:
         outcomes = results[(scenario, contender)]
         ok = [o for o in outcomes if not o["error"]]
-        makespans = [o["makespan"] for o in outcomes]
         row: dict[str, Any] = {
             "scenario": scenario,
             "contender": contender,
             "version": _version(CONTENDERS[contender][1]),
-            "rounds": len(outcomes),
-            "makespan_s": statistics.median(makespans),
-            "makespan_min": min(makespans),
-            "makespan_max": max(makespans),
+            **makespans(outcomes),
             "cpus": statistics.median(o["cpus"] for o in outcomes),
             "ideal_s": statistics.median(o["ideal"] for o in ok) if ok else None,
             "test_phase_s": statistics.median(o["test_phase"] for o in ok) if ok else None,
