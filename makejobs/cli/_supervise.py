@@ -46,6 +46,7 @@ __all__ = [
     "Signalled",
     "become_subreaper",
     "die_of",
+    "exit_status",
     "in_main_thread",
     "other_children",
     "reap_others",
@@ -108,6 +109,14 @@ def die_of(signum: int) -> None:
     signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
     os.kill(os.getpid(), signum)
+
+
+def exit_status(status: int, rekill: int | None) -> int:
+    """*status*, the exit status to return, after dying of *rekill* if it is a signal
+    (:func:`die_of`: call this once everything is cleaned up)."""
+    if rekill is not None:
+        die_of(rekill)
+    return status
 
 
 def reap_others(keep: int) -> None:

@@ -64,7 +64,7 @@ from ..protocol import FifoAuth, PipeAuth, parse_makeflags, replace_auth
 from ..relay import Relay
 from ._args import fill, split_command
 from ._console import EXIT_FAILED, say
-from ._supervise import SignalCatcher, Signalled, die_of, run_foreground
+from ._supervise import SignalCatcher, Signalled, exit_status, run_foreground
 
 TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
 if TYPE_CHECKING:
@@ -251,9 +251,7 @@ def command(args: argparse.Namespace) -> int:
                 offer.close()
             if pool is not None:
                 pool.close()
-    if rekill is not None:
-        die_of(rekill)
-    return status
+    return exit_status(status, rekill)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -48,7 +48,7 @@ from ..protocol import parse_makeflags, replace_auth
 from ._args import UsageError, check_slots, fill, split_command
 from ._console import EXIT_FAILED, EXIT_TIMEOUT, SLOTS_VARIABLE, say
 from ._diagnose import exec_warnings
-from ._supervise import SignalCatcher, Signalled, die_of, run_foreground
+from ._supervise import SignalCatcher, Signalled, exit_status, run_foreground
 
 __all__ = ["SLOTS_VARIABLE", "command", "configure"]
 
@@ -197,9 +197,7 @@ def command(args: argparse.Namespace) -> int:
                     except PoolBroken as e:
                         say("exec", str(e))
                 pool.close()
-    if rekill is not None:
-        die_of(rekill)
-    return status
+    return exit_status(status, rekill)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -63,7 +63,7 @@ from ._supervise import (
     SignalCatcher,
     Signalled,
     become_subreaper,
-    die_of,
+    exit_status,
     other_children,
     reap_others,
     run_foreground,
@@ -230,9 +230,7 @@ def command(args: argparse.Namespace) -> int:
                 found = close_counting(pool)
                 if _report_tokens(found, slots - 1) and args.strict and status == 0:
                     status = EXIT_FAILED
-    if rekill is not None:
-        die_of(rekill)
-    return status
+    return exit_status(status, rekill)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
