@@ -30,6 +30,7 @@ from test_executor import (
     failing_init,
     square,
 )
+from test_parity import BAD_BUFFERSIZES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,15 +77,7 @@ def test_arguments_of_the_wrong_type_or_value(
 # -- map(buffersize=) -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("buffersize", "error", "message"),
-    [
-        ("2", TypeError, "buffersize must be an integer or None"),
-        (2.0, TypeError, "buffersize must be an integer or None"),
-        (0, ValueError, "buffersize must be None or > 0"),
-        (-1, ValueError, "buffersize must be None or > 0"),
-    ],
-)
+@pytest.mark.parametrize(("buffersize", "error", "message"), BAD_BUFFERSIZES)
 def test_map_rejects_a_bad_buffersize_as_python_3_14_does(
     buffersize: Any, error: type[Exception], message: str
 ) -> None:

@@ -205,16 +205,17 @@ def test_map_refuses_inputs_of_different_lengths_at_once_when_it_can() -> None:
 
 # -- 2. map(buffersize=) -------------------------------------------------------------------------
 
+#: (buffersize, error, message): what Python 3.14's Executor.map says, here and for
+#: JobserverExecutor.map (test_executor_parity.py).
+BAD_BUFFERSIZES = [
+    ("2", TypeError, "buffersize must be an integer or None"),
+    (2.0, TypeError, "buffersize must be an integer or None"),
+    (0, ValueError, "buffersize must be None or > 0"),
+    (-1, ValueError, "buffersize must be None or > 0"),
+]
 
-@pytest.mark.parametrize(
-    ("buffersize", "error", "message"),
-    [
-        ("2", TypeError, "buffersize must be an integer or None"),
-        (2.0, TypeError, "buffersize must be an integer or None"),
-        (0, ValueError, "buffersize must be None or > 0"),
-        (-1, ValueError, "buffersize must be None or > 0"),
-    ],
-)
+
+@pytest.mark.parametrize(("buffersize", "error", "message"), BAD_BUFFERSIZES)
 def test_map_refuses_a_bad_buffersize_as_python_3_14_does(
     buffersize: Any, error: type[Exception], message: str
 ) -> None:
