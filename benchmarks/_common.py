@@ -10,9 +10,7 @@ A script's ``main()`` is::
     parser = command_line(__doc__, quick="about 3 s instead of 20 s")
     ...  # the script's own options
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    rows = run(args.quick, ...)
-    return report(args, "name", rows, time.monotonic() - started, to_markdown(rows), ...)
+    return report(args, "name", lambda: run(args.quick, ...), to_markdown, ...)
 """
 
 from __future__ import annotations
@@ -20,12 +18,28 @@ from __future__ import annotations
 import json
 import os
 import platform
-from typing import TYPE_CHECKING, Any
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import argparse
+    import subprocess
+    from pathlib import Path
 
-__all__ = ["command_line", "environment", "fmt", "report", "write_json"]
+__all__ = [
+    "command_line",
+    "environment",
+    "fmt",
+    "makespans",
+    "progress",
+    "report",
+    "run_build",
+    "write_json",
+]
+
+#: A benchmark's rows: one dict per row of its table.
+Rows = list[dict[str, Any]]
 
 
 def fmt(value: float | None, spec: str, suffix: str = "", *, missing: str = "n/a") -> str:
@@ -72,6 +86,48 @@ def write_json(
         f.write(json.dumps(doc, indent=2) + "\n")
 
 
+def run_build(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, float]]:
+    """Run a build, *argv* (a make), to its end with no input and its output as text.
+
+    Returns the finished process and ``{"makespan", "cpus"}``: its wall time in seconds
+    and the CPUs it used, CPU seconds of it and all it ran (once reaped) per second.
+    """
+    import subprocess
+
+    def children_cpu() -> float:
+        times = os.times()
+        return times.children_user + times.children_system
+
+    t0, cpu0 = time.perf_counter(), children_cpu()
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    makespan = time.perf_counter() - t0
+    return proc, {"makespan": makespan, "cpus": (children_cpu() - cpu0) / makespan}
+
+
+def makespans(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's columns for its rounds' *outcomes* (each with a ``makespan``): ``rounds``,
+    ``makespan_s`` (the median), ``makespan_min`` and ``makespan_max``."""
+    import statistics
+
+    values = [o["makespan"] for o in outcomes]
+    return {
+        "rounds": len(outcomes),
+        "makespan_s": statistics.median(values),
+        "makespan_min": min(values),
+        "makespan_max": max(values),
+    }
+
+
 def command_line(doc: str | None, quick: str) -> argparse.ArgumentParser:
     """A parser with the options every script takes: ``--quick`` and ``--json FILE``.
 
@@ -86,24 +142,41 @@ def command_line(doc: str | None, quick: str) -> argparse.ArgumentParser:
     return parser
 
 
+def progress(line: str) -> None:
+    """Say *line* on standard error at once: how a long run shows it is getting on."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def report(
     args: argparse.Namespace,
     benchmark: str,
-    rows: list[dict[str, Any]],
-    seconds: float,
-    text: str,
+    measure: Callable[[], Rows],
+    describe: Callable[[Rows], str],
     *,
     facts: dict[str, Any] | None = None,
+    load_average: bool = False,
     **fields: Any,
 ) -> int:
-    """The end of every script's ``main()``; returns its exit status, 0.
+    """Run a script's benchmark and report it: the end of every ``main()``; returns 0.
 
-    Prints *text* (the table, and whatever the script says about it) and one line on the
-    run: how long it took, on how many CPUs, with which Python. With ``--json FILE``,
-    also writes the run to FILE (see :func:`write_json`): :func:`environment` with the
-    script's own *facts*, and the script's *fields* (its baseline, its target).
+    Times *measure* (the run, which returns the rows), then prints *describe(rows)* (the
+    table, and whatever the script says about it) and one line on the run: how long it
+    took, on how many CPUs, with which Python. With *load_average*, a line before that one
+    gives the machine's 1-minute load average before and after the run: on a shared
+    machine, how busy the others kept it. With ``--json FILE``, also writes the run to FILE
+    (see :func:`write_json`): :func:`environment` with the script's own *facts* (and
+    ``load_average``), and the script's *fields* (its baseline, its target).
     """
-    print(text)
+    load = [os.getloadavg()[0]] if load_average else []
+    started = time.monotonic()
+    rows = measure()
+    seconds = time.monotonic() - started
+    if load:
+        load.append(os.getloadavg()[0])
+        facts = {**(facts or {}), "load_average": load}
+    print(describe(rows))
+    if load:
+        print(f"\n1-minute load average: {load[0]:.1f} before, {load[1]:.1f} after the run")
     print(
         f"\n({seconds:.1f} s, {os.cpu_count()} CPUs, Python {platform.python_version()},"
         f" {platform.platform()})"

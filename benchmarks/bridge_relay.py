@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +100,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> int:
     args = command_line(__doc__, quick="fewer jobs and rounds").parse_args(argv)
-    started = time.monotonic()
-    rows = run(args.quick)
-    seconds = time.monotonic() - started
     return report(
         args,
         "bridge_relay",
-        rows,
-        seconds,
-        table(rows),
+        lambda: run(args.quick),
+        table,
         facts={"cwd": os.getcwd()},
         baseline="proc",
     )

@@ -11,7 +11,7 @@ with setuptools' own flags) and a module init. A ``+`` recipe runs ``python setu
 build_ext`` from a clean build directory, with either setuptools' own ``build_ext``
 (**stock**, the baseline) or ``makejobs.setuptools.build_ext`` (**makejobs**).
 setuptools' ``CC`` is ``integration/recipes/cc_span.py``, which logs a span around
-every compiler and linker run (``integration/spans.py``), so the **compiler peak** (most
+every compiler and linker run (``tests/spans.py``), so the **compiler peak** (most
 compilers at once) is measured, and must not exceed N.
 
 Scenarios:
@@ -49,9 +49,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "integration"))
+sys.path[:0] = [str(ROOT), str(ROOT / "integration"), str(ROOT / "tests")]
 
-import spans  # noqa: E402  (integration/spans.py)
+import spans  # noqa: E402  (tests/spans.py)
+from benchmarks._common import command_line, makespans, report, run_build  # noqa: E402
+from c_extension import part_source, write_sources  # noqa: E402  (tests/c_extension.py)
 from peers import PeerMissing, clean_environ, find_peer  # noqa: E402
 
 __all__ = ["FILES", "TARGET_SPEEDUP", "main", "run", "to_markdown"]
@@ -66,28 +68,6 @@ VARIANTS = ("stock", "makejobs")
 CC_SPAN = ROOT / "integration" / "recipes" / "cc_span.py"
 JOB = ROOT / "integration" / "recipes" / "job.py"
 _TIMEOUT = 600
-
-FUNCTION = """\
-double work{i}_{k}(double *a, int n) {{
-    double s = 0;
-    for (int j = 0; j < n; j++) {{
-        s += a[j] * {k}.5 - a[j] / (j + {k} + 2);
-        if (s > {k}) s -= a[j];
-    }}
-    for (int j = n - 1; j > 0; j--) a[j] = a[j - 1] * s + {k};
-    return s;
-}}
-"""
-
-MODULE = """\
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-{declarations}
-static PyObject *total(PyObject *self, PyObject *args) {{ return PyLong_FromLong({calls}); }}
-static PyMethodDef methods[] = {{{{"total", total, METH_NOARGS, ""}}, {{NULL, NULL, 0, NULL}}}};
-static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, "bench", NULL, -1, methods}};
-PyMODINIT_FUNC PyInit_bench(void) {{ return PyModule_Create(&module); }}
-"""
 
 SETUP = """\
 import glob, os
@@ -107,22 +87,8 @@ setup(
 """
 
 
-def helper_source(i: int, functions: int) -> str:
-    body = "".join(FUNCTION.format(i=i, k=k) for k in range(functions))
-    return f"long part{i}(void) {{ return {i + 1}; }}\n{body}"
-
-
 def write_project(root: Path, functions: int) -> None:
-    src = root / "src"
-    src.mkdir(parents=True)
-    for i in range(FILES):
-        (src / f"part{i:02d}.c").write_text(helper_source(i, functions))
-    (src / "module.c").write_text(
-        MODULE.format(
-            declarations="\n".join(f"long part{i}(void);" for i in range(FILES)),
-            calls=" + ".join(f"part{i}()" for i in range(FILES)),
-        )
-    )
+    write_sources(root / "src", "bench", FILES, functions)
     (root / "setup.py").write_text(SETUP)
 
 
@@ -139,7 +105,7 @@ def calibrate(work_dir: Path, log: Callable[[str], None]) -> tuple[int, float]:
 
     def seconds(functions: int) -> float:
         source = work_dir / f"calibrate{functions}.c"
-        source.write_text(helper_source(0, functions))
+        source.write_text(part_source(0, functions))
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -180,18 +146,8 @@ def _run_case(
         "VARIANT": variant,
         "CC": f"{sys.executable} -S {CC_SPAN} {log}",
     }
-    t0, cpu0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(
-        [make, f"-j{jobs}", f"PYTHON={sys.executable}", f"LOG={log}"],
-        cwd=case,
-        env=run_env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT,
-    )
-    makespan = time.perf_counter() - t0
-    cpu = _children_cpu() - cpu0
+    argv = [make, f"-j{jobs}", f"PYTHON={sys.executable}", f"LOG={log}"]
+    proc, timing = run_build(argv, case, run_env, _TIMEOUT)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"{make} -j{jobs} ({variant}) exited {proc.returncode}:\n{output}")
@@ -201,19 +157,12 @@ def _run_case(
     if len(compiles) != FILES + 1 or len(links) != 1:
         raise RuntimeError(f"expected {FILES + 1} compiles and a link, found {len(logged)} spans")
     return {
-        "makespan": makespan,
-        "cpus": cpu / makespan,
+        **timing,
         "build": (links[0].end - min(s.start for s in compiles)) / 1e9,
         "compile_peak": spans.peak_overlap(compiles),
         "peak": spans.peak_overlap(logged),
         "internal": "INTERNAL" in output,
     }
-
-
-def _children_cpu() -> float:
-    """CPU seconds of the reaped children (make and all it ran, once make is reaped)."""
-    times = os.times()
-    return times.children_user + times.children_system
 
 
 def run(
@@ -269,17 +218,13 @@ def run(
     for make_name, scenario, variant in cases:
         outcomes = results[(make_name, scenario, variant)]
         stock = results[(make_name, scenario, "stock")]
-        makespans = [o["makespan"] for o in outcomes]
         rows.append(
             {
                 "make": make_name,
                 "scenario": scenario,
                 "jobs": SCENARIOS[scenario][0],
                 "variant": variant,
-                "rounds": len(outcomes),
-                "makespan_s": statistics.median(makespans),
-                "makespan_min": min(makespans),
-                "makespan_max": max(makespans),
+                **makespans(outcomes),
                 "build_s": statistics.median(o["build"] for o in outcomes),
                 "cpus": statistics.median(o["cpus"] for o in outcomes),
                 "speedup": statistics.median(
@@ -314,41 +259,26 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="make 4.4.1 only, one round")
+    parser = command_line(__doc__, quick="make 4.4.1 only, one round")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    rows = run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True))
-    load_after = os.getloadavg()[0]
-    print()
-    print(to_markdown(rows))
-    # The machine may be shared: say how busy it was.
-    print(f"\n1-minute load average: {load_before:.1f} before, {load_after:.1f} after the run")
-    speedups = [r["speedup"] for r in rows if r["variant"] == "makejobs" and r["jobs"] == 2]
-    print(
-        f"\nspeed-up under make -j2: {', '.join(f'{s:.2f}x' for s in speedups)}"
-        f" (target >= {TARGET_SPEEDUP}x)"
-    )
-    if args.json:
-        sys.path.insert(0, str(ROOT))
-        from benchmarks._common import environment, write_json
 
-        write_json(
-            args.json,
-            "build_ext",
-            quick=args.quick,
-            seconds=time.perf_counter() - t0,
-            rows=rows,
-            environment=environment(load_average=[load_before, load_after]),
-            baseline="stock",
-            target_speedup=TARGET_SPEEDUP,
+    def describe(rows: list[dict[str, Any]]) -> str:
+        speedups = [r["speedup"] for r in rows if r["variant"] == "makejobs" and r["jobs"] == 2]
+        return (
+            f"\n{to_markdown(rows)}\n\nspeed-up under make -j2:"
+            f" {', '.join(f'{s:.2f}x' for s in speedups)} (target >= {TARGET_SPEEDUP}x)"
         )
-    return 0
+
+    return report(
+        args,
+        "build_ext",
+        lambda: run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True)),
+        describe,
+        load_average=True,  # the machine may be shared: say how busy it was
+        baseline="stock",
+        target_speedup=TARGET_SPEEDUP,
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from benchmarks._common import command_line, fmt, report  # noqa: E402
+from benchmarks._common import command_line, fmt, progress, report  # noqa: E402
 
 __all__ = [
     "BASELINE",
@@ -580,21 +580,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     jobs = [int(j) for j in args.jobs.split(",")] if args.jobs else None
-    started = time.monotonic()
-    rows = run(
-        args.quick,
-        jobs=jobs,
-        rounds=args.rounds,
-        commands=args.commands,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
-    seconds = time.monotonic() - started
     return report(
         args,
         "command_runner",
-        rows,
-        seconds,
-        to_markdown(rows),
+        lambda: run(
+            args.quick, jobs=jobs, rounds=args.rounds, commands=args.commands, log=progress
+        ),
+        to_markdown,
         facts={"makes": {k: v[1] for k, v in find_makes().items()}},
         baseline=BASELINE,
         target_ratio=TARGET_RATIO,

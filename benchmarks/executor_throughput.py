@@ -57,7 +57,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from benchmarks._common import command_line, report  # noqa: E402
+from benchmarks._common import command_line, progress, report  # noqa: E402
 
 __all__ = ["BASELINE", "CONTENDERS", "MODES", "TARGET_RATIO", "main", "run", "to_markdown"]
 
@@ -297,21 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         help="start method for ProcessPoolExecutor, makejobs and jobserver 3.0.1",
     )
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    rows = run(
-        args.quick,
-        args.n,
-        rounds=args.rounds,
-        context=args.context,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
-    seconds = time.monotonic() - started
     return report(
         args,
         "executor_throughput",
-        rows,
-        seconds,
-        "\n".join([to_markdown(rows), "", *verdicts(rows)]),
+        lambda: run(args.quick, args.n, rounds=args.rounds, context=args.context, log=progress),
+        lambda rows: "\n".join([to_markdown(rows), "", *verdicts(rows)]),
         facts={"context": args.context, "workers": WORKERS},
         baseline=BASELINE,
         target_ratio=TARGET_RATIO,

@@ -668,15 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    started = time.perf_counter()
-    rows = run(quick=args.quick, n=args.n, methods=methods, rounds=args.rounds)
-    seconds = time.perf_counter() - started
     return report(
         args,
         "job_overhead",
-        rows,
-        seconds,
-        to_markdown(rows),
+        lambda: run(quick=args.quick, n=args.n, methods=methods, rounds=args.rounds),
+        to_markdown,
         baseline=BASELINE,
         targets={
             "ratio_raw_at_most": TARGET_RAW_RATIO,

@@ -9,7 +9,7 @@ One generated Makefile, run with ``make -j4``, holds a ``+`` recipe running
 ``pytest -n auto`` on 24 tests of 0.3 s each and four shell recipes of 1 s each.
 Tests and recipes sleep (they stand for work whose CPU needs are not the point): what
 is measured is how the plugins share make's 4 slots. Every test and recipe logs its
-span (``integration/spans.py``); from the spans come the **peak** (most running at
+span (``tests/spans.py``); from the spans come the **peak** (most running at
 once: above 4 means the build ran beyond ``-j4``) and the **work** (their sum), and the
 **ideal** makespan is work / 4. The **makespan** is the wall time of the whole make run.
 
@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "integration"))
+sys.path[:0] = [str(ROOT), str(ROOT / "integration"), str(ROOT / "tests")]
 
-import spans  # noqa: E402  (integration/spans.py)
+import spans  # noqa: E402  (tests/spans.py)
+from benchmarks._common import command_line, makespans, report, run_build  # noqa: E402
 from peers import PeerMissing, clean_environ, find_peer  # noqa: E402
 
 __all__ = ["CONTENDERS", "SCENARIOS", "main", "run", "to_markdown"]
@@ -134,26 +133,13 @@ def _run_case(
     (case / "Makefile").write_text(makefile([*pytest_argv, "-n", "auto"]))
     log = case / "spans.log"
     run_env = {**env, "LOG": str(log), "WORKERS_FILE": str(case / "workers")}
-    t0, times0 = time.perf_counter(), os.times()
-    proc = subprocess.run(
-        [make, "-j", str(SLOTS), f"LOG={log}"],
-        cwd=case,
-        env=run_env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT,
-    )
-    makespan = time.perf_counter() - t0
-    times1 = os.times()
-    cpu = sum(times1[2:4]) - sum(times0[2:4])  # children's user + system
+    proc, timing = run_build([make, "-j", str(SLOTS), f"LOG={log}"], case, run_env, _TIMEOUT)
     output = proc.stdout + proc.stderr
     internal = re.search(
         r"INTERNAL: Exiting with (\d+) jobserver tokens available; should be (\d+)", output
     )
     result: dict[str, Any] = {
-        "makespan": makespan,
-        "cpus": cpu / makespan,
+        **timing,
         "status": proc.returncode,
         "lost_tokens": int(internal.group(2)) - int(internal.group(1)) if internal else 0,
         "workers": (case / "workers").read_text() if (case / "workers").exists() else "",
@@ -210,7 +196,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="makejobs-bench-xdist-") as tmp:
         env = clean_environ(
             PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
-            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "integration")]),
+            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),  # spans.py
         )
         for r in range(rounds):
             order = cases[r % len(cases) :] + cases[: r % len(cases)]
@@ -229,15 +215,11 @@ def run(
     for scenario, contender in cases:
         outcomes = results[(scenario, contender)]
         ok = [o for o in outcomes if not o["error"]]
-        makespans = [o["makespan"] for o in outcomes]
         row: dict[str, Any] = {
             "scenario": scenario,
             "contender": contender,
             "version": _version(CONTENDERS[contender][1]),
-            "rounds": len(outcomes),
-            "makespan_s": statistics.median(makespans),
-            "makespan_min": min(makespans),
-            "makespan_max": max(makespans),
+            **makespans(outcomes),
             "cpus": statistics.median(o["cpus"] for o in outcomes),
             "ideal_s": statistics.median(o["ideal"] for o in ok) if ok else None,
             "test_phase_s": statistics.median(o["test_phase"] for o in ok) if ok else None,
@@ -279,35 +261,17 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one round")
+    parser = command_line(__doc__, quick="one round")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    rows = run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True))
-    load_after = os.getloadavg()[0]
-    print()
-    print(to_markdown(rows))
-    # The machine may be shared: say how busy it was.
-    print(f"\n1-minute load average: {load_before:.1f} before, {load_after:.1f} after the run")
-    if args.json:
-        sys.path.insert(0, str(ROOT))
-        from benchmarks._common import environment, write_json
-
-        write_json(
-            args.json,
-            "pytest_xdist",
-            quick=args.quick,
-            seconds=time.perf_counter() - t0,
-            rows=rows,
-            environment=environment(load_average=[load_before, load_after]),
-            baseline="makejobs",
-        )
-    return 0
+    return report(
+        args,
+        "pytest_xdist",
+        lambda: run(args.quick, rounds=args.rounds, log=lambda line: print(line, flush=True)),
+        lambda rows: f"\n{to_markdown(rows)}",
+        load_average=True,  # the machine may be shared: say how busy it was
+        baseline="makejobs",
+    )
 
 
 if __name__ == "__main__":

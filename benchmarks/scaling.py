@@ -73,7 +73,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,7 +80,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from benchmarks._common import command_line, report  # noqa: E402
+from benchmarks._common import command_line, progress, report  # noqa: E402
 
 __all__ = [
     "CONTENDERS",
@@ -362,15 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         f" (default {','.join(DEFAULT_CONTENDERS)})",
     )
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    rows = run(
-        args.quick,
-        max_jobs=args.max,
-        contenders=[c for c in args.contenders.split(",") if c],
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+    contenders = [c for c in args.contenders.split(",") if c]
+    return report(
+        args,
+        "scaling",
+        lambda: run(args.quick, max_jobs=args.max, contenders=contenders, log=progress),
+        to_markdown,
+        facts={"slots": _SLOTS},
     )
-    seconds = time.monotonic() - started
-    return report(args, "scaling", rows, seconds, to_markdown(rows), facts={"slots": _SLOTS})
 
 
 if __name__ == "__main__":

@@ -606,7 +606,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks._common import command_line, report
+    from benchmarks._common import command_line, progress, report
 
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["_step"]:
@@ -614,19 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_line(__doc__, quick="make 4.3 only (about 20 s)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     args = parser.parse_args(args_list)
-    started = time.monotonic()
-    rows = run(
-        args.quick,
-        rounds=args.rounds,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
-    seconds = time.monotonic() - started
     return report(
         args,
         "scheduling",
-        rows,
-        seconds,
-        to_markdown(rows),
+        lambda: run(args.quick, rounds=args.rounds, log=progress),
+        to_markdown,
         baseline=SERIAL,
         target_efficiency=TARGET_EFFICIENCY,
     )

@@ -31,7 +31,6 @@ makejobs before it forks any job (a Jobserver sees to that).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -175,28 +174,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and jobs")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    rows = run(args.quick)
-    seconds = time.monotonic() - started
-    print(to_markdown(rows))
-    print(f"\n({seconds:.1f} s, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
-    if args.json:
-        from benchmarks._common import environment, write_json
+    from benchmarks._common import command_line, report
 
-        write_json(
-            args.json,
-            "start_method",
-            quick=args.quick,
-            seconds=seconds,
-            rows=rows,
-            environment=environment(),
-            baseline=BASELINE,
-        )
-    return 0
+    args = command_line(__doc__, quick="fewer rounds and jobs").parse_args(argv)
+    return report(args, "start_method", lambda: run(args.quick), to_markdown, baseline=BASELINE)
 
 
 if __name__ == "__main__":

@@ -498,15 +498,11 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = command_line(__doc__, quick="about 3 s instead of 20 s").parse_args(argv)
-    started = time.perf_counter()
-    rows = run(quick=args.quick)
-    seconds = time.perf_counter() - started
     return report(
         args,
         "token_roundtrip",
-        rows,
-        seconds,
-        to_markdown(rows),
+        lambda: run(quick=args.quick),
+        to_markdown,
         baseline=BASELINE,
         target_ratio=TARGET_RATIO,
     )

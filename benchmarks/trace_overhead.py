@@ -246,26 +246,17 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks._common import command_line, report
+    from benchmarks._common import command_line, progress, report
 
     parser = command_line(__doc__, quick="16 files, 3 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--files", type=int, default=None, help="C files in the build")
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    rows = run(
-        args.quick,
-        rounds=args.rounds,
-        files=args.files,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
-    seconds = time.monotonic() - started
     return report(
         args,
         "trace_overhead",
-        rows,
-        seconds,
-        to_markdown(rows),
+        lambda: run(args.quick, rounds=args.rounds, files=args.files, log=progress),
+        to_markdown,
         baseline=BASELINE,
         target_ratio=TARGET_RATIO,
     )

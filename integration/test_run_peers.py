@@ -15,13 +15,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from peers import Peer, clean_environ, run_captured
-from processes import describe
+from processes import describe, start_mj, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -96,18 +95,8 @@ def test_what_ignores_a_passed_on_sigint_is_ended_too(tmp_path: Path) -> None:
     bg = tmp_path / "bg"
     commands = tmp_path / "commands"
     commands.write_text(f'sleep 60 & echo $! > "{bg}"; wait\n')
-    proc = subprocess.Popen(
-        [PY, "-m", "makejobs", "run", "-f", str(commands)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env(),
-        text=True,
-    )
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not bg.exists() or not bg.read_text().strip():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    proc = start_mj("run", "-f", str(commands), env=env())
+    wait_for(lambda: bg.exists() and bg.read_text().strip() != "", proc, "run", RUN_TIMEOUT)
     sleeper = int(bg.read_text())
     group = os.getpgid(sleeper)
     proc.send_signal(signal.SIGINT)

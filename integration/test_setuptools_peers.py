@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import spans
+from c_extension import write_sources
 from peers import Peer, clean_environ, run_captured
 from processes import describe
 
@@ -47,29 +48,6 @@ requires = ["setuptools"]
 build-backend = "setuptools.build_meta"
 """
 
-MODULE = """\
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-{declarations}
-static PyObject *total(PyObject *self, PyObject *args) {{ return PyLong_FromLong({calls}); }}
-static PyMethodDef methods[] = {{{{"total", total, METH_NOARGS, ""}}, {{NULL, NULL, 0, NULL}}}};
-static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, "spanned", NULL, -1, methods}};
-PyMODINIT_FUNC PyInit_spanned(void) {{ return PyModule_Create(&module); }}
-"""
-
-# Loops the optimiser works on: about 10 ms of compiling each, at -O3 on this VM.
-FUNCTION = """\
-double work{i}_{k}(double *a, int n) {{
-    double s = 0;
-    for (int j = 0; j < n; j++) {{
-        s += a[j] * {k}.5 - a[j] / (j + {k} + 2);
-        if (s > {k}) s -= a[j];
-    }}
-    for (int j = n - 1; j > 0; j--) a[j] = a[j - 1] * s + {k};
-    return s;
-}}
-"""
-
 MAKEFILE = """\
 all: ext sh-1 sh-2
 ext:
@@ -80,17 +58,7 @@ sh-1 sh-2:
 
 
 def write_project(root: Path, *, stock: bool = False, functions: int = 10) -> None:
-    src = root / "src"
-    src.mkdir(parents=True)
-    for i in range(HELPERS):
-        body = "".join(FUNCTION.format(i=i, k=k) for k in range(functions))
-        (src / f"part{i}.c").write_text(f"long part{i}(void) {{ return {i + 1}; }}\n{body}")
-    (src / "module.c").write_text(
-        MODULE.format(
-            declarations="\n".join(f"long part{i}(void);" for i in range(HELPERS)),
-            calls=" + ".join(f"part{i}()" for i in range(HELPERS)),
-        )
-    )
+    write_sources(root / "src", "spanned", HELPERS, functions)
     (root / "setup.py").write_text(
         SETUP.format(
             import_line="" if stock else "from makejobs.setuptools import build_ext",

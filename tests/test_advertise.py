@@ -26,7 +26,7 @@ from makejobs.advertise import CannotAdvertise, command_style, fifo_path, for_an
 from makejobs.pool import TokenPool
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
 from pools import GREEDY, close_clean
-from processes import clean_env
+from processes import clean_env, write_program
 
 TIMEOUT = 30
 
@@ -45,11 +45,7 @@ done
 
 
 def fake(directory: Path, name: str, version: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(FAKE.replace("VERSION", version))
-    path.chmod(0o755)
-    return path
+    return write_program(directory, name, FAKE.replace("VERSION", version))
 
 
 def report_of(output: str) -> tuple[str, list[int]]:

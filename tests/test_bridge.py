@@ -27,7 +27,7 @@ from makejobs import advertise, cli
 from makejobs.pool import TokenPool
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
 from pools import GREEDY, close_clean
-from processes import PY, clean_env
+from processes import PY, clean_env, write_program
 
 TIMEOUT = 30
 
@@ -60,11 +60,7 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def fake(directory: Path, name: str, version: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(FAKE.replace("VERSION", version))
-    path.chmod(0o755)
-    return path
+    return write_program(directory, name, FAKE.replace("VERSION", version))
 
 
 # -- offering the pool in the other form ----------------------------------------------

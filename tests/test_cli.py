@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
 import signal
 import subprocess
@@ -20,7 +18,6 @@ import textwrap
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,7 +25,17 @@ from makejobs import cli
 from makejobs.jobserver import usable_cpus
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
 from pools import GREEDY
-from processes import PY, REPO, clean_env, describe, mj
+from processes import (
+    PY,
+    REPO,
+    clean_env,
+    describe,
+    mj,
+    on_a_terminal,
+    read_terminal,
+    start_mj,
+    wait_for,
+)
 from spans import peak_overlap, read_spans, span_commands
 
 TIMEOUT = 30
@@ -36,19 +43,6 @@ TIMEOUT = 30
 
 def py(code: str) -> list[str]:
     return [PY, "-c", textwrap.dedent(code)]
-
-
-def wait_for(path: Path, proc: subprocess.Popen[Any], what: str, bound: float = 20) -> None:
-    """Poll for *path* (bounded); fail early if *proc* exits first."""
-    deadline = time.monotonic() + bound
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"{what}: exited {proc.returncode} before {path.name}\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{what}: {path.name} did not appear within {bound} s")
-        time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------
@@ -272,26 +266,7 @@ def test_serve_signal_is_passed_on_and_everything_cleaned(
     style: str, signum: int, tmp_path: Path
 ) -> None:
     marker = tmp_path / "holding"
-    proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "makejobs",
-            "serve",
-            "-j",
-            "3",
-            "--style",
-            style,
-            "--",
-            *py(HOLDER),
-            str(marker),
-        ],
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_mj("serve", "-j", "3", "--style", style, "--", *py(HOLDER), str(marker))
     wait_for(marker, proc, "serve")
     started = time.monotonic()
     proc.send_signal(signum)
@@ -311,14 +286,7 @@ def test_serve_signal_is_passed_on_and_everything_cleaned(
 def test_serve_dies_of_the_signal_its_command_died_of(tmp_path: Path) -> None:
     marker = tmp_path / "makeflags"
     script = f'echo "$MAKEFLAGS" > "{marker}.tmp" && mv "{marker}.tmp" "{marker}"; exec sleep 60'
-    proc = subprocess.Popen(
-        [PY, "-m", "makejobs", "serve", "--style", "fifo", "--", "sh", "-c", script],
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_mj("serve", "--style", "fifo", "--", "sh", "-c", script)
     wait_for(marker, proc, "serve")
     auth = parse_makeflags(marker.read_text().strip()).auth
     assert isinstance(auth, FifoAuth) and os.path.exists(auth.path)
@@ -460,14 +428,7 @@ print(proc.pid, flush=True)
 proc.wait()
 raise SystemExit(128 - proc.returncode if proc.returncode < 0 else proc.returncode)
 """
-    proc = subprocess.Popen(
-        [PY, "-m", "makejobs", "serve", "-j", "3", "--style", "fifo", "--", *py(driver)],
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_mj("serve", "-j", "3", "--style", "fifo", "--", *py(driver))
     assert proc.stdout is not None
     exec_pid = int(proc.stdout.readline())
     wait_for(marker, proc, "exec")
@@ -657,28 +618,9 @@ def test_run_reads_a_file_skips_blanks_and_comments(tmp_path: Path) -> None:
 def test_run_progress_line_only_on_a_terminal() -> None:
     proc = mj("run", "-j", "2", input="true\ntrue\n")
     assert "\x1b[K" not in proc.stderr
-    master, slave = pty.openpty()
-    try:
-        child = subprocess.Popen(
-            [PY, "-m", "makejobs", "run", "-j", "2"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            env=clean_env(),
-        )
-        os.close(slave)
+    with on_a_terminal("run", "-j", "2") as (child, terminal):
         out, _ = child.communicate(b"echo x\ntrue\nsleep 0.1\n", timeout=TIMEOUT)
-        shown = b""
-        while select.select([master], [], [], 0.5)[0]:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            shown += data
-    finally:
-        os.close(master)
+        shown = read_terminal(terminal)
     assert child.returncode == 0 and out == b"x\n"
     assert b"\x1b[K[3/3] 0 running" in shown and b"[0/3]" in shown
 
@@ -688,14 +630,7 @@ def test_run_signal_stops_commands_and_dies_of_it(tmp_path: Path) -> None:
     lines = "".join(f'touch "{marker}{i}"; sleep 60\n' for i in range(2)) + "echo never\n"
     commands = tmp_path / "commands.txt"
     commands.write_text(lines)
-    proc = subprocess.Popen(
-        [PY, "-m", "makejobs", "run", "-j", "2", "-f", str(commands)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=clean_env(),
-        text=True,
-    )
+    proc = start_mj("run", "-j", "2", "-f", str(commands))
     wait_for(Path(f"{marker}0"), proc, "run")
     wait_for(Path(f"{marker}1"), proc, "run")
     started = time.monotonic()

@@ -8,9 +8,7 @@ files with bounded shell loops; nothing waits for a fixed time in their place.
 
 from __future__ import annotations
 
-import errno
 import os
-import pty
 import re
 import select
 import signal
@@ -24,7 +22,7 @@ import pytest
 from makejobs.cli._load import runnable_from_loadavg
 from makejobs.cli._run_output import JobLog
 from makejobs.cli.run import make_dry_run, read_commands
-from processes import PY, clean_env, describe, mj
+from processes import PY, clean_env, describe, mj, on_a_terminal, read_terminal, start_mj, wait_for
 from spans import peak_overlap, read_spans, span_commands
 
 TIMEOUT = 30
@@ -156,18 +154,9 @@ def test_run_stops_its_commands_and_dies_of_another_fatal_signal(tmp_path: Path)
     marker = tmp_path / "m"
     commands = tmp_path / "commands"
     commands.write_text("".join(f'echo $$ > "{marker}{i}"; sleep 30\n' for i in range(2)))
-    proc = subprocess.Popen(
-        [PY, "-m", "makejobs", "run", "-j", "2", "-f", str(commands)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=clean_env(),
-        text=True,
-    )
-    deadline = time.monotonic() + TIMEOUT
-    while not all(Path(f"{marker}{i}").exists() for i in range(2)):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    proc = start_mj("run", "-j", "2", "-f", str(commands))
+    for i in range(2):
+        wait_for(Path(f"{marker}{i}"), proc, "run", TIMEOUT)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGUSR1, err
@@ -306,13 +295,7 @@ def test_line_buffer_prints_lines_as_they_come(tmp_path: Path) -> None:
     release = tmp_path / "release"
     commands = tmp_path / "commands"
     commands.write_text(f"echo early; {wait(release)}; echo late\n")
-    proc = subprocess.Popen(
-        [PY, "-m", "makejobs", "run", "-j2", "--line-buffer", "-f", str(commands)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=clean_env(),
-    )
+    proc = start_mj("run", "-j2", "--line-buffer", "-f", str(commands), text=False)
     assert proc.stdout is not None
     # The first line must arrive while its command is still running (grouped output
     # would hold it until the command ends, which it cannot before we release it).
@@ -386,37 +369,18 @@ def test_large_output_is_spooled_not_held_in_memory(tmp_path: Path) -> None:
 
 def test_progress_line_counts_and_eta_on_a_terminal(tmp_path: Path) -> None:
     release = tmp_path / "release"
-    master, slave = pty.openpty()
-    try:
-        child = subprocess.Popen(
-            [PY, "-m", "makejobs", "run", "-j2", "-k"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            env=clean_env(),
-        )
-        os.close(slave)
+    with on_a_terminal("run", "-j2", "-k") as (child, terminal):
         assert child.stdin is not None
         child.stdin.write(f"true\nexit 3\n{wait(release)}\n".encode())
         child.stdin.close()
         shown = b""
         deadline = time.monotonic() + TIMEOUT
         while b"ETA" not in shown and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:
-                shown += os.read(master, 4096)
+            if select.select([terminal], [], [], 1)[0]:
+                shown += os.read(terminal, 4096)
         release.touch()
         child.wait(timeout=TIMEOUT)
-        while select.select([master], [], [], 0.5)[0]:
-            try:
-                data = os.read(master, 4096)
-            except OSError as e:
-                assert e.errno == errno.EIO  # the terminal's other side is closed
-                break
-            if not data:
-                break
-            shown += data
-    finally:
-        os.close(master)
+        shown += read_terminal(terminal)
     assert child.returncode == 1
     assert re.search(rb"\[2/3\] 1 running, 1 failed, ETA \d+s", shown), shown
     assert b"[3/3] 0 running, 1 failed" in shown, shown

@@ -49,12 +49,10 @@ from makejobs._frames import KEPT_BUFFER_MAX as _KEPT_BUFFER_MAX
 from makejobs._frames import FrameReader as _FrameReader
 from makejobs._frames import advance as _advance
 from makejobs._frames import send as _send
+from probes import PATIENCE, wait_until
 from spans import peak_overlap
 
 REPO = Path(__file__).resolve().parents[1]
-
-#: Upper bound for anything that should happen "soon"; only reached when something hangs.
-PATIENCE = 20.0
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,14 +185,6 @@ def failing_init() -> None:
 
 
 # -- helpers in the test process ------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = PATIENCE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
 
 
 def clean_environ() -> dict[str, str]:

@@ -37,8 +37,8 @@ import makejobs._manager as manager_module
 from forking import held_by_another_thread
 from makejobs import RemoteTraceback, SubmissionDied, TokenPool, _forkserver
 from makejobs.executor import ForkServerFailed
+from probes import PATIENCE, wait_until
 from test_executor import (
-    PATIENCE,
     REPO,
     Gate,
     UnpicklableError,
@@ -54,7 +54,6 @@ from test_executor import (
     square,
     touch,
     wait_for_file,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(90)

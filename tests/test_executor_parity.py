@@ -16,22 +16,21 @@ import itertools
 import re
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from makejobs import Jobserver, JobserverExecutor, TokenPool
+from probes import PATIENCE, Counted, wait_until
 from test_executor import (
-    PATIENCE,
     Gate,
     blocked,
     executor_on,
     failing_init,
     square,
-    wait_until,
 )
+from test_parity import BAD_BUFFERSIZES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,31 +77,7 @@ def test_arguments_of_the_wrong_type_or_value(
 # -- map(buffersize=) -------------------------------------------------------------------------
 
 
-class Counted:
-    """An iterator that counts how many items were taken from it."""
-
-    def __init__(self, items: Iterator[Any]) -> None:
-        self.items = items
-        self.taken = 0
-
-    def __iter__(self) -> Counted:
-        return self
-
-    def __next__(self) -> Any:
-        item = next(self.items)
-        self.taken += 1
-        return item
-
-
-@pytest.mark.parametrize(
-    ("buffersize", "error", "message"),
-    [
-        ("2", TypeError, "buffersize must be an integer or None"),
-        (2.0, TypeError, "buffersize must be an integer or None"),
-        (0, ValueError, "buffersize must be None or > 0"),
-        (-1, ValueError, "buffersize must be None or > 0"),
-    ],
-)
+@pytest.mark.parametrize(("buffersize", "error", "message"), BAD_BUFFERSIZES)
 def test_map_rejects_a_bad_buffersize_as_python_3_14_does(
     buffersize: Any, error: type[Exception], message: str
 ) -> None:

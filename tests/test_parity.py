@@ -22,7 +22,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from makejobs import (
     Jobserver,
     SubmissionDied,
 )
+from probes import Counted, wait_until
 
 FAST = "fork"
 PATIENCE = 60.0
@@ -90,14 +90,6 @@ def gate() -> Iterator[tuple[int, Callable[[int], None]]]:
         os.close(w)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = PATIENCE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
-
-
 def exited_unreaped(pid: int) -> bool:
     """True once our child *pid* has exited, while nobody has reaped it yet."""
     return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -137,7 +129,9 @@ def test_a_signal_need_not_end_the_job() -> None:
     with gate() as (r, release), Jobserver(FAST, slots=2) as js:
         future = js.submit(wait_for_byte, (r,))
         assert not future.wait(timeout=0, signal=signal.SIGSTOP)
-        wait_until(lambda: psutil.Process(future.pid).status() == psutil.STATUS_STOPPED)
+        wait_until(
+            lambda: psutil.Process(future.pid).status() == psutil.STATUS_STOPPED, timeout=PATIENCE
+        )
         release(1)  # it cannot read it while stopped
         assert future.wait(timeout=PATIENCE, signal=signal.SIGCONT)
         assert future.result(0) == "released"
@@ -173,7 +167,7 @@ def test_submit_with_callbacks_false_runs_none_but_still_frees_slots() -> None:
         first = js.submit(identity, (1,))
         first.when_done(calls.append, "first")
         first.when_done(fail, "callback")
-        wait_until(lambda: exited_unreaped(first.pid))
+        wait_until(lambda: exited_unreaped(first.pid), timeout=PATIENCE)
         # The only slot is first's until it is reaped: callbacks=False still reaps it.
         second = js.submit(identity, (2,), timeout=0, callbacks=False)
         assert calls == []
@@ -211,32 +205,17 @@ def test_map_refuses_inputs_of_different_lengths_at_once_when_it_can() -> None:
 
 # -- 2. map(buffersize=) -------------------------------------------------------------------------
 
-
-class Counted:
-    """An iterator that counts the items taken from it."""
-
-    def __init__(self, items: Iterator[Any]) -> None:
-        self.items = items
-        self.taken = 0
-
-    def __iter__(self) -> Counted:
-        return self
-
-    def __next__(self) -> Any:
-        item = next(self.items)
-        self.taken += 1
-        return item
+#: (buffersize, error, message): what Python 3.14's Executor.map says, here and for
+#: JobserverExecutor.map (test_executor_parity.py).
+BAD_BUFFERSIZES = [
+    ("2", TypeError, "buffersize must be an integer or None"),
+    (2.0, TypeError, "buffersize must be an integer or None"),
+    (0, ValueError, "buffersize must be None or > 0"),
+    (-1, ValueError, "buffersize must be None or > 0"),
+]
 
 
-@pytest.mark.parametrize(
-    ("buffersize", "error", "message"),
-    [
-        ("2", TypeError, "buffersize must be an integer or None"),
-        (2.0, TypeError, "buffersize must be an integer or None"),
-        (0, ValueError, "buffersize must be None or > 0"),
-        (-1, ValueError, "buffersize must be None or > 0"),
-    ],
-)
+@pytest.mark.parametrize(("buffersize", "error", "message"), BAD_BUFFERSIZES)
 def test_map_refuses_a_bad_buffersize_as_python_3_14_does(
     buffersize: Any, error: type[Exception], message: str
 ) -> None:
@@ -357,7 +336,9 @@ def test_one_wait_covers_the_jobs_of_several_jobservers() -> None:
         waiter, out = in_thread(
             lambda: makejobs.wait([blocked, later], return_when=makejobs.FIRST_COMPLETED)
         )
-        wait_until(lambda: bool(one._engine.waiters) and bool(two._engine.waiters))
+        wait_until(
+            lambda: bool(one._engine.waiters) and bool(two._engine.waiters), timeout=PATIENCE
+        )
         release(1)  # one of the two jobs gets the byte
         waiter.join(PATIENCE)
         assert not waiter.is_alive(), "wait() did not wake for the other Jobserver's job"
@@ -405,7 +386,7 @@ def test_killed_jobs_are_done_for_a_wait_already_waiting() -> None:
     with gate() as (r, _), Jobserver(FAST, slots=3) as js:
         futures = [js.submit(wait_for_byte, (r,)) for _ in range(2)]
         waiter, out = in_thread(lambda: makejobs.wait(futures))
-        wait_until(lambda: bool(js._engine.waiters))
+        wait_until(lambda: bool(js._engine.waiters), timeout=PATIENCE)
         futures[0].kill(signal.SIGTERM)
         futures[1].kill(signal.SIGKILL)
         waiter.join(PATIENCE)

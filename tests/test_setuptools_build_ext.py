@@ -17,19 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from c_extension import write_sources
 from makejobs import JobserverUnavailable
-
-MODULE = """\
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-{declarations}
-static PyObject *total(PyObject *self, PyObject *args) {{
-    return PyLong_FromLong({calls});
-}}
-static PyMethodDef methods[] = {{{{"total", total, METH_NOARGS, ""}}, {{NULL, NULL, 0, NULL}}}};
-static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, "{name}", NULL, -1, methods}};
-PyMODINIT_FUNC PyInit_{name}(void) {{ return PyModule_Create(&module); }}
-"""
 
 SETUP = """\
 import glob
@@ -47,17 +36,7 @@ setup(name="demo", version="0", ext_modules=extensions, {cmdclass})
 def write_project(root: Path, names: dict[str, int], *, stock: bool = False) -> None:
     """Extensions *names* (name -> number of helper files), each summing its helpers."""
     for name, helpers in names.items():
-        src = root / name
-        src.mkdir(parents=True)
-        for i in range(helpers):
-            (src / f"part{i}.c").write_text(f"long part{i}(void) {{ return {i + 1}; }}\n")
-        (src / "module.c").write_text(
-            MODULE.format(
-                name=name,
-                declarations="\n".join(f"long part{i}(void);" for i in range(helpers)),
-                calls=" + ".join(f"part{i}()" for i in range(helpers)) or "0",
-            )
-        )
+        write_sources(root / name, name, helpers)
     (root / "setup.py").write_text(
         SETUP.format(
             import_line="" if stock else "from makejobs.setuptools import build_ext",

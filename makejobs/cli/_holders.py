@@ -17,13 +17,16 @@ import os
 
 from .. import _procfs
 from ..ledger import ledger_pool, record_counts
+from ..protocol import FifoAuth, PipeAuth
 from ._diagnose import program_kind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Holder", "Holders", "find_holders", "role_of", "short_command"]
+    from ..protocol import MakeFlags
+
+__all__ = ["Holder", "Holders", "find_holders", "pool_file", "role_of", "short_command"]
 
 
 def _makejobs_command(command: list[str]) -> str | None:
@@ -149,6 +152,21 @@ def _ancestors(pid: int, parents: dict[int, int]) -> list[int]:
 def _start_time(pid: int) -> int:
     info = _procfs.process_stat(pid)
     return info.start if info is not None else 0
+
+
+def pool_file(flags: MakeFlags) -> tuple[tuple[int, int], str | None] | None:
+    """The pool's pipe or fifo as :func:`find_holders` takes it: (device, inode) and
+    the fifo's path (None for a pipe); None if this process cannot reach it."""
+    try:
+        if isinstance(flags.auth, PipeAuth):
+            st = os.fstat(flags.auth.read_fd)
+            return (st.st_dev, st.st_ino), None
+        if isinstance(flags.auth, FifoAuth):
+            st = os.stat(flags.auth.path)
+            return (st.st_dev, st.st_ino), flags.auth.path
+    except OSError:
+        pass
+    return None
 
 
 def find_holders(

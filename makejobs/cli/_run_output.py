@@ -46,7 +46,7 @@ from ._supervise import signal_name
 
 TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import BinaryIO, TextIO
 
 __all__ = [
@@ -272,6 +272,18 @@ class _Slot:
         self.streaming = False
         self.done = False
 
+    def unspool(self, emit: Callable[[int, bytes], None]) -> None:
+        """Hand what the spools hold to *emit* (stream, bytes), standard output first, and
+        free them; what standard output held counts as :attr:`received`."""
+        for stream in (1, 2):
+            spool = self.spools.pop(stream, None)
+            if spool is not None:
+                if stream == 1:
+                    self.received += spool.size
+                for piece in spool.pieces():
+                    emit(stream, piece)
+                spool.close()
+
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -376,15 +388,8 @@ class Printer:
                 if rest:
                     self._write(stream, rest)
             slot.partial.clear()
-        elif slot.spools:
-            for stream in (1, 2):
-                spool = slot.spools.pop(stream, None)
-                if spool is not None:
-                    if stream == 1:
-                        slot.received += spool.size
-                    for piece in spool.pieces():
-                        self._write(stream, piece)
-                    spool.close()
+        else:
+            slot.unspool(self._write)
         if job.failed:
             self._clear_progress()
             say("run", f"command {job.number} failed ({job.why()}): {job.line}")
@@ -398,14 +403,7 @@ class Printer:
     def _catch_up(self, slot: _Slot) -> None:
         """*slot* is now first in line: print what it held, then let it stream."""
         slot.streaming = True
-        for stream in (1, 2):
-            spool = slot.spools.pop(stream, None)
-            if spool is not None:
-                if stream == 1:
-                    slot.received += spool.size
-                for piece in spool.pieces():
-                    self._stream(slot, stream, piece)
-                spool.close()
+        slot.unspool(lambda stream, data: self._stream(slot, stream, data))
 
     def _stream(self, slot: _Slot, stream: int, data: bytes) -> None:
         """Print the complete lines of what *slot* wrote so far; hold the last, unfinished one."""

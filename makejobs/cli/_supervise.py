@@ -1,7 +1,8 @@
 """Supervising a command makejobs runs: signals passed on, its exit, dying of a signal.
 
-``serve`` and ``exec`` run one command in the foreground; ``run`` runs many,
-each in a process group of its own. What they share is here.
+``serve``, ``exec`` and ``bridge`` run one command in the foreground
+(:func:`run_foreground`); ``run`` runs many, each in a process group of its
+own. What they share is here.
 
 Signals (``serve`` and ``exec``)
 ================================
@@ -25,7 +26,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from time import monotonic, sleep
 
 from ._console import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, say
@@ -35,6 +35,7 @@ from ._console import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, say
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Callable, Mapping, Sequence
     from types import FrameType
     from typing import Any
 
@@ -45,9 +46,11 @@ __all__ = [
     "Signalled",
     "become_subreaper",
     "die_of",
+    "exit_status",
     "in_main_thread",
     "other_children",
     "reap_others",
+    "run_foreground",
     "settle_orphans",
     "shell_status",
     "signal_name",
@@ -67,6 +70,10 @@ class Signalled(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+    def outcome(self) -> tuple[int, int | None]:
+        """The exit status, 128+N, and the signal to die of (N if in :data:`REKILL`)."""
+        return 128 + self.signum, (self.signum if self.signum in REKILL else None)
 
 
 def signal_name(signum: int) -> str:
@@ -102,6 +109,14 @@ def die_of(signum: int) -> None:
     signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
     os.kill(os.getpid(), signum)
+
+
+def exit_status(status: int, rekill: int | None) -> int:
+    """*status*, the exit status to return, after dying of *rekill* if it is a signal
+    (:func:`die_of`: call this once everything is cleaned up)."""
+    if rekill is not None:
+        die_of(rekill)
+    return status
 
 
 def reap_others(keep: int) -> None:
@@ -343,3 +358,38 @@ def wait_child(
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if old_chld == signal.SIG_IGN:
             signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+
+def run_foreground(
+    name: str,
+    catcher: SignalCatcher,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    pass_fds: Sequence[int] = (),
+    *,
+    started: Callable[[subprocess.Popen[Any]], None] | None = None,
+    every_second: Callable[[], None] | None = None,
+) -> tuple[int, int | None]:
+    """Run CMD, *argv*, until it exits, passing signals on; its exit status and the
+    signal to die of.
+
+    From here on a signal no longer raises :class:`Signalled` (CMD is about to run, and
+    gets it). *started* is called with CMD's Popen as soon as it runs; *every_second*
+    is :func:`wait_child`'s. The status is CMD's as a shell reports it (128+N when
+    signal N killed it) with :meth:`SignalCatcher.rekill_signal`, to die of once
+    everything is cleaned up; for a CMD that cannot be started, 126 or 127 (*name*
+    says why on stderr: :func:`spawn_error`) and None.
+    """
+    import subprocess  # loaded already by the commands that get here; run does not
+
+    catcher.raising = False
+    try:
+        child = subprocess.Popen(argv, env=env, pass_fds=pass_fds)
+    except OSError as e:
+        return spawn_error(name, argv[0], e), None
+    if started is not None:
+        started(child)
+    catcher.attach(child)
+    wait_child(child, catcher, every_second=every_second)
+    assert child.returncode is not None
+    return shell_status(child.returncode), catcher.rekill_signal(child.returncode)

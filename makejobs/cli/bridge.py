@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 from collections.abc import Sequence
 
 from ..advertise import (
@@ -65,18 +64,13 @@ from ..protocol import FifoAuth, PipeAuth, parse_makeflags, replace_auth
 from ..relay import Relay
 from ._args import fill, split_command
 from ._console import EXIT_FAILED, say
-from ._supervise import (
-    REKILL,
-    SignalCatcher,
-    Signalled,
-    die_of,
-    shell_status,
-    spawn_error,
-    wait_child,
-)
+from ._supervise import SignalCatcher, Signalled, exit_status, run_foreground
 
 TYPE_CHECKING = False  # not typing's: see makejobs/__init__.py
 if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
+
     from ..advertise import StyleChoice
 
 __all__ = ["command", "configure"]
@@ -163,8 +157,8 @@ class _Offer:
         elif adv is not None:
             self.environ, self.pass_fds = adv.environ, adv.pass_fds
 
-    def started(self) -> None:
-        """CMD has its copies of the descriptors opened for it."""
+    def started(self, child: subprocess.Popen[Any]) -> None:
+        """CMD, *child*, has its copies of the descriptors opened for it."""
         if self.adv is not None:
             self.adv.close()
 
@@ -248,30 +242,16 @@ def command(args: argparse.Namespace) -> int:
                     return EXIT_FAILED
                 env, pass_fds = offer.environ, offer.pass_fds
                 _warn_own_jobs(cmd)
-            catcher.raising = False
-            try:
-                child = subprocess.Popen(cmd, env=env, pass_fds=pass_fds)
-            except OSError as e:
-                status = spawn_error(_NAME, cmd[0], e)
-            else:
-                if offer is not None:
-                    offer.started()
-                catcher.attach(child)
-                wait_child(child, catcher)
-                assert child.returncode is not None
-                status = shell_status(child.returncode)
-                rekill = catcher.rekill_signal(child.returncode)
+            started = None if offer is None else offer.started
+            status, rekill = run_foreground(_NAME, catcher, cmd, env, pass_fds, started=started)
         except Signalled as s:
-            status = 128 + s.signum
-            rekill = s.signum if s.signum in REKILL else None
+            status, rekill = s.outcome()
         finally:
             if offer is not None:
                 offer.close()
             if pool is not None:
                 pool.close()
-    if rekill is not None:
-        die_of(rekill)
-    return status
+    return exit_status(status, rekill)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -468,24 +468,11 @@ def _diagnose_environment(d: Diagnosis, environ: Mapping[str, str]) -> FifoAuth 
     return auth
 
 
-def _pool_key(flags: MakeFlags) -> tuple[tuple[int, int], str | None] | None:
-    try:
-        if isinstance(flags.auth, PipeAuth):
-            st = os.fstat(flags.auth.read_fd)
-            return (st.st_dev, st.st_ino), None
-        if isinstance(flags.auth, FifoAuth):
-            st = os.stat(flags.auth.path)
-            return (st.st_dev, st.st_ino), flags.auth.path
-    except OSError:
-        pass
-    return None
-
-
 def _diagnose_owner(d: Diagnosis, flags: MakeFlags) -> None:
     """Find a sub-make that left its parent's pool for one of its own (-jN forced)."""
-    from ._holders import find_holders
+    from ._holders import find_holders, pool_file
 
-    key = _pool_key(flags)
+    key = pool_file(flags)
     if key is None or not _procfs.supported():
         return
     owner = find_holders(key[0], path=key[1], exclude=(os.getpid(),)).owner

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from time import monotonic
 
@@ -49,15 +48,7 @@ from ..protocol import parse_makeflags, replace_auth
 from ._args import UsageError, check_slots, fill, split_command
 from ._console import EXIT_FAILED, EXIT_TIMEOUT, SLOTS_VARIABLE, say
 from ._diagnose import exec_warnings
-from ._supervise import (
-    REKILL,
-    SignalCatcher,
-    Signalled,
-    die_of,
-    shell_status,
-    spawn_error,
-    wait_child,
-)
+from ._supervise import SignalCatcher, Signalled, exit_status, run_foreground
 
 __all__ = ["SLOTS_VARIABLE", "command", "configure"]
 
@@ -190,20 +181,9 @@ def command(args: argparse.Namespace) -> int:
                 if _advertised(os.environ)
                 else {**os.environ, **{name: str(count) for name in names}}
             )
-            catcher.raising = False
-            try:
-                child = subprocess.Popen(_substitute(cmd, names, count), env=env)
-            except OSError as e:
-                status = spawn_error("exec", cmd[0], e)
-            else:
-                catcher.attach(child)
-                wait_child(child, catcher)
-                assert child.returncode is not None
-                status = shell_status(child.returncode)
-                rekill = catcher.rekill_signal(child.returncode)
+            status, rekill = run_foreground("exec", catcher, _substitute(cmd, names, count), env)
         except Signalled as s:
-            status = 128 + s.signum
-            rekill = s.signum if s.signum in REKILL else None
+            status, rekill = s.outcome()
         except PoolBroken as e:
             say("exec", str(e))
             status = EXIT_FAILED
@@ -217,9 +197,7 @@ def command(args: argparse.Namespace) -> int:
                     except PoolBroken as e:
                         say("exec", str(e))
                 pool.close()
-    if rekill is not None:
-        die_of(rekill)
-    return status
+    return exit_status(status, rekill)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -54,30 +54,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 
 from ..pool import TokenPool, usable_cpus
 from ._args import check_slots, fill, split_command
 from ._console import EXIT_FAILED, say
 from ._diagnose import serve_warnings
 from ._supervise import (
-    REKILL,
     SignalCatcher,
     Signalled,
     become_subreaper,
-    die_of,
+    exit_status,
     other_children,
     reap_others,
+    run_foreground,
     settle_orphans,
-    shell_status,
-    spawn_error,
-    wait_child,
 )
 from ._token_count import close_counting
 
 # Not typing's TYPE_CHECKING (see makejobs/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
+
     from ._trace import TraceRecorder
 
 __all__ = ["SETTLE", "SETTLE_AFTER_SIGNAL", "command", "configure"]
@@ -117,8 +116,11 @@ class _Recovery:
     def __init__(self, pool: TokenPool, enabled: bool) -> None:
         self.pool = pool
         self.enabled = enabled
-        self.main = -1
+        self.main = -1  # CMD's pid, once it runs
         self.total = 0
+
+    def started(self, child: subprocess.Popen[Any]) -> None:
+        self.main = child.pid
 
     def __call__(self) -> None:
         if not self.enabled or other_children(self.main):
@@ -133,7 +135,12 @@ class _Recovery:
             )
 
     def finish(self, signalled: bool) -> None:
-        """Judge the orphans once they had a moment to exit; recover if none is left."""
+        """Judge the orphans once they had a moment to exit; recover if none is left.
+
+        Nothing to judge if CMD never ran (it could not be started).
+        """
+        if self.main == -1:
+            return
         if not self.enabled:
             reap_others(self.main)
             return
@@ -204,22 +211,18 @@ def command(args: argparse.Namespace) -> int:
                     say("serve", f"cannot write the trace to {args.trace}: {e.strerror or e}")
                     return EXIT_FAILED
                 trace.start()
-            catcher.raising = False
-            try:
-                child = subprocess.Popen(cmd, env=env, pass_fds=pool.pass_fds)
-            except OSError as e:
-                status = spawn_error("serve", cmd[0], e)
-            else:
-                recovery.main = child.pid
-                catcher.attach(child)
-                wait_child(child, catcher, every_second=recovery)
-                assert child.returncode is not None
-                recovery.finish(signalled=bool(catcher.received))
-                status = shell_status(child.returncode)
-                rekill = catcher.rekill_signal(child.returncode)
+            status, rekill = run_foreground(
+                "serve",
+                catcher,
+                cmd,
+                env,
+                pool.pass_fds,
+                started=recovery.started,
+                every_second=recovery,
+            )
+            recovery.finish(signalled=bool(catcher.received))
         except Signalled as s:
-            status = 128 + s.signum
-            rekill = s.signum if s.signum in REKILL else None
+            status, rekill = s.outcome()
         finally:
             if trace is not None:
                 _write_trace(trace, args.trace)
@@ -227,9 +230,7 @@ def command(args: argparse.Namespace) -> int:
                 found = close_counting(pool)
                 if _report_tokens(found, slots - 1) and args.strict and status == 0:
                     status = EXIT_FAILED
-    if rekill is not None:
-        die_of(rekill)
-    return status
+    return exit_status(status, rekill)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

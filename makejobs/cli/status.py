@@ -199,25 +199,11 @@ def _unsupported(report: dict[str, Any], text: str) -> None:
         )
 
 
-def _pool_file(flags: MakeFlags) -> tuple[tuple[int, int], str | None] | None:
-    """The pool's pipe or fifo as (device, inode), and the fifo's path."""
-    try:
-        if isinstance(flags.auth, PipeAuth):
-            st = os.fstat(flags.auth.read_fd)
-            return (st.st_dev, st.st_ino), None
-        if isinstance(flags.auth, FifoAuth):
-            st = os.stat(flags.auth.path)
-            return (st.st_dev, st.st_ino), flags.auth.path
-    except OSError:
-        pass
-    return None
-
-
 def _add_holders(report: dict[str, Any], flags: MakeFlags, environ: Mapping[str, str]) -> None:
     """Fill in who has the usable pool open, who owns it, and the tokens (Linux)."""
-    from ._holders import find_holders
+    from ._holders import find_holders, pool_file
 
-    found = _pool_file(flags)
+    found = pool_file(flags)
     if found is None:
         return
     key, path = found
