@@ -41,6 +41,14 @@ def _env(**extra: str) -> dict[str, str]:
     return clean_environ(PYTHONPATH=path, **extra)
 
 
+@pytest.fixture(autouse=True)
+def _peers_first_on_path(make441: Peer, ninja: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """doctor judges the make and ninja it finds on PATH: let them be the peers (make 4.4.1,
+    ninja 1.13), as in CI's venv, not what the system has (Debian: make 4.3, ninja 1.11)."""
+    first = dict.fromkeys(str(Path(peer.path).parent) for peer in (make441, ninja))
+    monkeypatch.setenv("PATH", os.pathsep.join([*first, os.environ.get("PATH", "")]))
+
+
 def _mq(word: object) -> str:
     """Quote for a make recipe line ($ doubled)."""
     return shlex.quote(str(word)).replace("$", "$$")
