@@ -422,12 +422,14 @@ class TokenPool:
         Raises:
             Blocked: no slot became free before the timeout.
             PoolBroken: the pool returned end-of-file.
-            ValueError: the pool is closed.
+            ValueError: the pool is closed, or *timeout* is negative or NaN.
+            TypeError: *timeout* is not a number (or None).
         """
+        # Checked before the first try: a bad timeout is an error even when a slot is free.
+        check_timeout(timeout)
         token = self.try_acquire()
         if token is not None:
             return token
-        check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
         core = self._core
         self._want()
@@ -487,8 +489,10 @@ class TokenPool:
         """Hold one slot for the duration of a ``with`` block.
 
         ``with pool.slot(timeout) as token:`` is ``acquire(timeout)`` on entry
-        and ``release(token)`` on exit, whatever the exit.
+        and ``release(token)`` on exit, whatever the exit. A bad *timeout* is
+        refused here, as :meth:`acquire` refuses it.
         """
+        check_timeout(timeout)
         return Slot(self, timeout)
 
     # -- asyncio and subprocesses (implemented in makejobs.aio / makejobs.process,

@@ -23,7 +23,13 @@ import pytest
 from forking import held_by_another_thread, run_in_child
 from inherited import inherited_pipe
 from makejobs import _posix
-from makejobs.errors import Blocked, JobserverUnavailable, PoolBroken, TokenCountWarning
+from makejobs.errors import (
+    Blocked,
+    JobserverUnavailable,
+    PoolBroken,
+    TokenCountWarning,
+    Unavailable,
+)
 from makejobs.pool import Token, TokenPool
 from makejobs.protocol import FifoAuth, PipeAuth, parse_makeflags
 
@@ -803,3 +809,72 @@ def test_joining_a_pool_this_process_holds_shares_its_implicit_slot(
     fresh = TokenPool.from_environ({"MAKEFLAGS": flags})
     assert fresh is not None and not fresh.closed
     fresh.close()
+
+
+def _kind_of(flags: str) -> Unavailable:
+    with pytest.raises(JobserverUnavailable) as info:
+        TokenPool.from_makeflags(flags, variable="MAKEFLAGS")
+    return info.value.kind
+
+
+def test_every_unusable_pool_says_which_kind_it_is(tmp_path: Path) -> None:
+    """Callers branch on ``kind``, never on the message (issue 16, item 4)."""
+    closed_r, closed_w = os.pipe()
+    os.close(closed_r)
+    os.close(closed_w)
+    assert _kind_of("-j4") is Unavailable.NOT_ADVERTISED
+    assert _kind_of("-j4 --jobserver-auth=-2,-2") is Unavailable.DISABLED
+    assert _kind_of("-j4 --jobserver-auth=gmake_semaphore_1") is Unavailable.UNSUPPORTED
+    assert _kind_of(f"-j4 --jobserver-auth={closed_r},{closed_w}") is Unavailable.NOT_OPEN
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    regular = tmp_path / "file"
+    regular.write_bytes(b"")
+    assert _kind_of(f"-j4 --jobserver-auth=fifo:{tmp_path}/gone") is Unavailable.FIFO_MISSING
+    assert _kind_of(f"-j4 --jobserver-auth=fifo:{regular}") is Unavailable.NOT_A_FIFO
+    assert _kind_of(f"-j4 --jobserver-auth=fifo:{fifo}") is Unavailable.FIFO_STALE
+    own_r, own_w = os.pipe()  # close-on-exec: this process's own, never inherited
+    r1, w1 = inherited_pipe()
+    r2, w2 = inherited_pipe()
+    fd = os.open(regular, os.O_RDWR)
+    try:
+        assert _kind_of(f"-j4 --jobserver-auth={own_r},{own_w}") is Unavailable.NOT_INHERITED
+        os.set_inheritable(fd, True)
+        assert _kind_of(f"-j4 --jobserver-auth={fd},{fd}") is Unavailable.NOT_A_PIPE
+        assert _kind_of(f"-j4 --jobserver-auth={w1},{r1}") is Unavailable.WRONG_ACCESS
+        assert _kind_of(f"-j4 --jobserver-auth={r1},{w2}") is Unavailable.TWO_PIPES
+    finally:
+        for end in (own_r, own_w, r1, w1, r2, w2, fd):
+            os.close(end)
+    # The values are the stable strings of --json output.
+    assert Unavailable.NOT_OPEN.value == "not-open" and Unavailable("fifo-stale").name == (
+        "FIFO_STALE"
+    )
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(float("nan"), ValueError), (-1, ValueError), ("1", TypeError), (True, TypeError)],
+)
+def test_bad_timeouts_of_the_pool_are_named_errors(timeout: object, error: type) -> None:
+    with TokenPool.create(2) as pool:
+        for call in (pool.acquire, pool.slot):
+            with pytest.raises(error, match=r"timeout must be"):
+                call(timeout)  # type: ignore[operator]
+        assert pool.available() == 1 and pool.held == 0
+
+
+def test_repr_says_role_style_where_slots_and_what_is_free() -> None:
+    with TokenPool.create(3) as pool:
+        r, w = pool.auth.read_fd, pool.auth.write_fd  # type: ignore[union-attr]
+        assert (
+            repr(pool) == f"<TokenPool created pipe {r},{w} slots=3 free=2 implicit=free held=0>"
+        )
+        with pool.slot(), pool.slot():
+            assert repr(pool) == (
+                f"<TokenPool created pipe {r},{w} slots=3 free=1 implicit=out held=1>"
+            )
+    assert repr(pool) == f"<TokenPool created pipe {r},{w} slots=3 closed>"
+    with TokenPool.create(2, style="fifo") as pool:
+        path = pool.auth.path  # type: ignore[union-attr]
+        assert repr(pool) == f"<TokenPool created fifo {path} slots=2 free=1 implicit=free held=0>"
