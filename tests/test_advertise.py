@@ -314,3 +314,21 @@ def test_serve_creates_the_pool_in_the_form_cmd_speaks(
     flags, _fds = report_of(done.stdout)
     auth = parse_makeflags(flags).auth
     assert isinstance(auth, FifoAuth if style == "fifo" else PipeAuth), flags
+
+
+def test_the_defaults_the_readme_table_chose(tmp_path: Path) -> None:
+    """TokenPool.create() and Jobserver(slots=N) make pipe pools; pool.run() offers the form
+    the command speaks: a fifo to make 4.4.1, the pipe to make 4.3 (issue 13, item 4)."""
+    from makejobs import Jobserver
+
+    pool = TokenPool.create(2)
+    assert pool.style == "pipe" and isinstance(pool.auth, PipeAuth)
+    with Jobserver(slots=2) as js:
+        assert js.pool.style == "pipe"
+    for version, form in (("GNU Make 4.4.1", FifoAuth), ("GNU Make 4.3", PipeAuth)):
+        program = fake(tmp_path / version.split()[-1], "make", version)
+        done = pool.run([str(program)], env=clean_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        flags, _fds = report_of(done.stdout)
+        assert isinstance(parse_makeflags(flags).auth, form), (version, flags)
+    close_clean(pool)

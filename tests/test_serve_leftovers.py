@@ -136,3 +136,16 @@ def test_young_and_foreign_directories_are_left_alone(tmp_path: Path) -> None:
         _age(path)
     assert remove_leftovers([str(tmp_path)]) == [str(dead_dir)]
     assert stranger.exists() and other.exists()
+
+
+def test_help_says_what_each_style_leaves_and_who_removes_it() -> None:
+    done = subprocess.run(
+        [PY, "-m", "makejobs", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(done.stdout.split())
+    assert "a token ledger for either style (makejobs-ledger-* in $TMPDIR" in text, text
+    assert "After a SIGKILL they stay; the next serve removes those" in text, text
