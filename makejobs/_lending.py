@@ -128,7 +128,12 @@ class SlotLender:
             while True:
                 # Watch the pool only while someone waits: it is readable whenever
                 # tokens are free, and nobody may be asking for one.
-                want = -1 if not self._waiting or self.broken else self._pool.fileno()
+                want = -1
+                if self._waiting and not self.broken:
+                    try:
+                        want = self._pool.fileno()
+                    except (PoolBroken, ValueError) as e:  # closed by another thread
+                        self._break(str(e))
                 if want != pool_fd:
                     if pool_fd >= 0:
                         selector.unregister(pool_fd)

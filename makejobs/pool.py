@@ -547,9 +547,19 @@ class TokenPool:
         On Linux it covers both the pool's tokens and this process's implicit
         slot coming back (an epoll fd over both); elsewhere only the tokens.
         Readable is a hint: follow it with :meth:`try_acquire`, which may
-        still find nothing when another client was faster.
+        still find nothing when another client was faster. The fd is the
+        pool's: it stays valid until the pool is closed.
+
+        Raises:
+            ValueError: the pool is closed (also by another thread meanwhile).
         """
-        return self._settled_core().implicit.poll_fd()
+        core = self._settled_core()
+        # Under the lock that close() takes to close the descriptors: made from them
+        # while another thread closes the pool, the epoll fd would watch stale numbers.
+        with core.lock:
+            if core.closed or self._closed:
+                raise ValueError("the token pool is closed")
+            return core.implicit.poll_fd()
 
     def available(self) -> int | None:
         """Tokens waiting in the pool right now (racy; for display), if the OS says."""

@@ -130,6 +130,7 @@ def test_a_borrower_that_breaks_the_protocol_is_dropped_and_its_slots_return(
         honest.close()
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_pool_closed_under_the_lender_refuses_instead_of_hanging() -> None:
     pool = TokenPool.create(1)
     with SlotLender(pool) as lender:

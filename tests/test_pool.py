@@ -17,6 +17,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -878,3 +879,26 @@ def test_repr_says_role_style_where_slots_and_what_is_free() -> None:
     with TokenPool.create(2, style="fifo") as pool:
         path = pool.auth.path  # type: ignore[union-attr]
         assert repr(pool) == f"<TokenPool created fifo {path} slots=2 free=1 implicit=free held=0>"
+
+
+def test_fileno_while_another_thread_closes_the_pool_is_a_value_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # fileno() found the handle open, then another thread closed the pool before the
+    # poll fd was looked up: it must say closed, not make an epoll of closed (or by
+    # then reused) descriptor numbers (a raw EBADF, seen in a SlotLender's thread).
+    pool = TokenPool.create(2)
+    real = TokenPool._settled_core
+
+    def settled_then_closed(self: TokenPool) -> Any:
+        core = real(self)
+        closer = threading.Thread(target=pool.close)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive()
+        return core
+
+    monkeypatch.setattr(TokenPool, "_settled_core", settled_then_closed)
+    with pytest.raises(ValueError, match="the token pool is closed"):
+        pool.fileno()
+    assert pool.closed
